@@ -1,0 +1,142 @@
+// The seam between the D-Bus layer (agent/bus) and the agent's state
+// (agent/state). The bus layer parses and type-checks calls, reads the
+// caller's credentials and maps results to D-Bus replies and errors; the
+// backend decides and does the work. Events flow back through Publisher.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <optional>
+#include <string>
+#include <variant>
+#include <vector>
+
+#include "agent/core/unique_fd.h"
+
+namespace tapsec::bus {
+
+// From sd_bus_query_sender_creds: who is calling.
+struct CallerCredentials {
+  std::string unique_name;  // ":1.42"
+  uid_t uid = 0;
+  gid_t gid = 0;
+  std::vector<gid_t> supplementary_gids;
+  pid_t pid = 0;
+  std::string unit;    // systemd unit, "" if not known
+  std::string cgroup;  // "" if not known
+};
+
+// The a{sv} props of SecureSocket/Connect, type-checked (see dbus/API.md).
+struct SecurityProperties {
+  std::vector<std::string> protocols;  // empty = ["tls"]
+  std::string identity;
+  std::string psk;
+  std::map<std::string, std::vector<std::string>> algorithms;
+  std::vector<std::string> versions;
+  std::vector<std::string> alpn;
+  std::string server_name;
+  bool session_cache = true;
+  std::string peer_validation = "system";
+  std::vector<std::string> peer_pins;
+  std::string validator;  // object path on the caller's connection, "" = none
+  bool require_peer_certificate = false;
+  bool wants_export = false;
+  std::string offload = "preferred";
+  std::uint32_t timeout_ms = 10000;
+};
+
+// A named D-Bus error: name is the full error name, e.g.
+// "org.tapsec1.Error.PolicyDenied"; message is for a person.
+struct BusError {
+  std::string name;
+  std::string message;
+};
+
+inline constexpr const char* kErrorPrefix = "org.tapsec1.Error.";
+
+struct SecuredSocket {
+  core::UniqueFd fd;
+  std::uint64_t association_id = 0;
+};
+using SecureResult = std::variant<SecuredSocket, BusError>;
+using SecureCompletion = std::function<void(SecureResult)>;
+
+// Everything org.tapsec1.Association exposes as properties.
+struct AssociationInfo {
+  std::uint64_t id = 0;
+  std::string protocol, version, cipher, group, role;
+  std::string local_identity, peer_identity, server_name, alpn;
+  bool resumed = false;
+  std::string offload;  // "kernel" | "userspace"
+  std::uint64_t key_epoch = 0;
+  std::uint64_t bytes_sent = 0, bytes_received = 0;
+  std::uint64_t records_sent = 0, records_received = 0;
+  std::uint64_t expires_at_usec = 0;
+  std::string state;  // "established" | "terminated"
+  std::string local_address, peer_address;
+  uid_t owner_uid = 0;
+  std::uint64_t created_at_usec = 0;
+};
+
+struct ManagerInfo {
+  std::string version;
+  std::vector<std::string> kernel_features;
+  std::uint32_t session_cache_entries = 0;
+  std::uint32_t session_cache_capacity = 0;
+};
+
+// Implemented by the bus layer; the backend calls it to publish events and
+// to reach back into applications.
+class Publisher {
+ public:
+  virtual ~Publisher() = default;
+  virtual void association_added(std::uint64_t id) = 0;
+  virtual void association_removed(std::uint64_t id) = 0;
+  virtual void key_expiring(std::uint64_t id, std::uint64_t remaining_records) = 0;
+  virtual void keys_updated(std::uint64_t id, std::uint64_t epoch) = 0;
+  virtual void path_changed(std::uint64_t id, const std::string& old_path, const std::string& new_path) = 0;
+  virtual void terminated(std::uint64_t id, const std::string& reason) = 0;
+  // Calls org.tapsec1.PeerValidator.ValidatePeer on `object_path` of the
+  // application `unique_name`; done(accept, reason) runs on the loop. A
+  // failed or timed-out call is a rejection with a reason.
+  virtual void validate_peer(const std::string& unique_name, const std::string& object_path,
+                             const std::string& protocol, const std::string& server_name,
+                             const std::vector<std::vector<std::uint8_t>>& chain_der,
+                             std::function<void(bool accept, std::string reason)> done) = 0;
+};
+
+// Implemented by agent/state.
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual void set_publisher(Publisher* publisher) = 0;
+
+  virtual void secure_socket(const CallerCredentials& caller, core::UniqueFd fd, const std::string& role,
+                             SecurityProperties props, SecureCompletion done) = 0;
+  virtual void connect(const CallerCredentials& caller, const std::string& host, std::uint16_t port,
+                       SecurityProperties props, SecureCompletion done) = 0;
+
+  virtual std::vector<std::uint64_t> association_ids() const = 0;
+  virtual std::optional<AssociationInfo> association(std::uint64_t id) const = 0;
+
+  virtual std::optional<BusError> update_keys(const CallerCredentials& caller, std::uint64_t id,
+                                              bool request_peer) = 0;
+  virtual std::variant<std::vector<std::uint8_t>, BusError> export_keying_material(
+      const CallerCredentials& caller, std::uint64_t id, const std::string& label,
+      const std::vector<std::uint8_t>& context, std::uint32_t length) = 0;
+  virtual std::optional<BusError> terminate(const CallerCredentials& caller, std::uint64_t id) = 0;
+
+  virtual std::uint32_t flush_session_cache(const CallerCredentials& caller) = 0;
+  // The writable Manager property SessionCacheCapacity; the bus layer lets
+  // only root get here. Backends without a resizable cache keep the default.
+  virtual std::optional<BusError> set_session_cache_capacity(const CallerCredentials& caller,
+                                                             std::uint32_t capacity) {
+    return BusError{std::string(kErrorPrefix) + "NotSupported", "the session cache capacity cannot be changed"};
+  }
+  virtual ManagerInfo manager_info() const = 0;
+};
+
+}  // namespace tapsec::bus

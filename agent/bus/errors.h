@@ -1,0 +1,31 @@
+// The D-Bus error names of org.tapsec1 (dbus/API.md lists when each occurs).
+#pragma once
+
+#include <string>
+#include <string_view>
+
+#include "agent/bus/backend.h"
+
+namespace tapsec::bus::error {
+
+inline constexpr const char* kPolicyDenied = "org.tapsec1.Error.PolicyDenied";
+inline constexpr const char* kHandshakeFailed = "org.tapsec1.Error.HandshakeFailed";
+inline constexpr const char* kPeerNotValidated = "org.tapsec1.Error.PeerNotValidated";
+inline constexpr const char* kKernelUnsupported = "org.tapsec1.Error.KernelUnsupported";
+inline constexpr const char* kInvalidArgument = "org.tapsec1.Error.InvalidArgument";
+inline constexpr const char* kUnknownProperty = "org.tapsec1.Error.UnknownProperty";
+inline constexpr const char* kBadSocket = "org.tapsec1.Error.BadSocket";
+inline constexpr const char* kNotSupported = "org.tapsec1.Error.NotSupported";
+inline constexpr const char* kExportDenied = "org.tapsec1.Error.ExportDenied";
+inline constexpr const char* kNoSuchIdentity = "org.tapsec1.Error.NoSuchIdentity";
+inline constexpr const char* kNoSuchAssociation = "org.tapsec1.Error.NoSuchAssociation";
+inline constexpr const char* kTimeout = "org.tapsec1.Error.Timeout";
+inline constexpr const char* kInternal = "org.tapsec1.Error.Internal";
+
+inline BusError make(const char* name, std::string message) { return BusError{name, std::move(message)}; }
+
+// True if `name` is a syntactically valid D-Bus error name (at least two
+// dot-separated elements of [A-Za-z0-9_], none starting with a digit).
+bool is_valid_error_name(std::string_view name);
+
+}  // namespace tapsec::bus::error

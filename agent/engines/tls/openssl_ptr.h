@@ -1,0 +1,55 @@
+// Owning smart pointers for the OpenSSL objects the TLS engine holds.
+// Internal to agent/engines/tls.
+#pragma once
+
+#include <openssl/bio.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/kdf.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
+
+#include <memory>
+#include <string>
+
+namespace tapsec::tls::detail {
+
+template <auto FreeFunction>
+struct OpenSslDeleter {
+  template <typename T>
+  void operator()(T* object) const {
+    FreeFunction(object);
+  }
+};
+
+template <typename T, auto FreeFunction>
+using OpenSslPtr = std::unique_ptr<T, OpenSslDeleter<FreeFunction>>;
+
+using SslCtxPtr = OpenSslPtr<SSL_CTX, SSL_CTX_free>;
+using SslPtr = OpenSslPtr<SSL, SSL_free>;
+using SslSessionPtr = OpenSslPtr<SSL_SESSION, SSL_SESSION_free>;
+using X509Ptr = OpenSslPtr<X509, X509_free>;
+using X509StorePtr = OpenSslPtr<X509_STORE, X509_STORE_free>;
+using EvpPkeyPtr = OpenSslPtr<EVP_PKEY, EVP_PKEY_free>;
+using BioPtr = OpenSslPtr<BIO, BIO_free_all>;
+using EvpCipherCtxPtr = OpenSslPtr<EVP_CIPHER_CTX, EVP_CIPHER_CTX_free>;
+using EvpKdfPtr = OpenSslPtr<EVP_KDF, EVP_KDF_free>;
+using EvpKdfCtxPtr = OpenSslPtr<EVP_KDF_CTX, EVP_KDF_CTX_free>;
+
+inline void free_x509_stack(STACK_OF(X509) * chain) { sk_X509_pop_free(chain, X509_free); }
+using X509StackPtr = OpenSslPtr<STACK_OF(X509), free_x509_stack>;
+
+// Drains OpenSSL's error queue of this thread into one readable line.
+inline std::string take_openssl_errors() {
+  std::string text;
+  unsigned long code;
+  while ((code = ERR_get_error()) != 0) {
+    char buffer[256];
+    ERR_error_string_n(code, buffer, sizeof buffer);
+    if (!text.empty()) text += "; ";
+    text += buffer;
+  }
+  return text;
+}
+
+}  // namespace tapsec::tls::detail

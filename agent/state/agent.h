@@ -1,0 +1,106 @@
+// The agent's state and the work behind every D-Bus call: policy decisions,
+// handshakes, handing keys to the kernel (or to the userspace fallback), and
+// the associations that result.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "agent/bus/backend.h"
+#include "agent/core/reactor.h"
+#include "agent/engines/tls/tls_engine.h"
+#include "agent/kernel/capability.h"
+#include "agent/kernel/socket_info.h"
+#include "agent/state/tls_handshake.h"
+#include "agent/state/userspace_channel.h"
+#include "tapsec/policy.h"
+
+namespace tapsec::state {
+
+struct AgentOptions {
+  std::string policy_dir = "/etc/tapsec/policy.d";
+  std::uint32_t session_cache_capacity = 1024;
+  // How often kernel-offloaded associations are checked for having been
+  // closed by their application.
+  std::chrono::milliseconds liveness_interval{2000};
+};
+
+class Agent : public bus::Backend {
+ public:
+  Agent(core::Reactor& reactor, AgentOptions options, kernel::KernelCapabilities capabilities);
+  ~Agent() override;
+
+  // Loads (or reloads) the policy; on error the previous policy stays.
+  bool load_policy(std::string* error);
+
+  // bus::Backend
+  void set_publisher(bus::Publisher* publisher) override { publisher_ = publisher; }
+  void secure_socket(const bus::CallerCredentials& caller, core::UniqueFd fd, const std::string& role,
+                     bus::SecurityProperties props, bus::SecureCompletion done) override;
+  void connect(const bus::CallerCredentials& caller, const std::string& host, std::uint16_t port,
+               bus::SecurityProperties props, bus::SecureCompletion done) override;
+  std::vector<std::uint64_t> association_ids() const override;
+  std::optional<bus::AssociationInfo> association(std::uint64_t id) const override;
+  std::optional<bus::BusError> update_keys(const bus::CallerCredentials& caller, std::uint64_t id,
+                                           bool request_peer) override;
+  std::variant<std::vector<std::uint8_t>, bus::BusError> export_keying_material(
+      const bus::CallerCredentials& caller, std::uint64_t id, const std::string& label,
+      const std::vector<std::uint8_t>& context, std::uint32_t length) override;
+  std::optional<bus::BusError> terminate(const bus::CallerCredentials& caller, std::uint64_t id) override;
+  std::uint32_t flush_session_cache(const bus::CallerCredentials& caller) override;
+  bus::ManagerInfo manager_info() const override;
+
+ private:
+  struct Association;
+  struct PendingHandshake;
+  struct PendingConnect;
+
+  // Everything needed to run a TLS handshake on a connected socket.
+  struct TlsRequest {
+    bus::CallerCredentials caller;
+    core::UniqueFd fd;
+    std::string role;
+    bus::SecurityProperties props;
+    std::string host;  // what the application named, or the peer address
+    std::uint16_t port = 0;
+    bus::SecureCompletion done;
+    kernel::SocketInfo socket;  // addresses and inode of the TCP socket
+  };
+
+  void start_tls(TlsRequest request);
+  void finish_handshake(std::uint64_t id, const HandshakeFailure* failure);
+  std::variant<tls::Settings, bus::BusError> build_settings(const TlsRequest& request,
+                                                            const policy::Decision& decision);
+  std::optional<bus::BusError> check_offload_possible(const bus::SecurityProperties& props,
+                                                      const policy::Decision& decision) const;
+  void validate_with_application(const bus::CallerCredentials& caller, const std::string& validator,
+                                 const std::string& server_name, std::vector<std::vector<std::uint8_t>> chain,
+                                 std::function<void(bool, std::string)> done);
+  std::optional<bus::BusError> authorize(const bus::CallerCredentials& caller, const Association& association,
+                                         const char* action) const;
+  void remove_association(std::uint64_t id, const std::string& reason);
+  void check_liveness();
+
+  core::Reactor& reactor_;
+  AgentOptions options_;
+  kernel::KernelCapabilities capabilities_;
+  policy::Policy policy_;
+  bus::Publisher* publisher_ = nullptr;
+
+  std::map<std::string, std::shared_ptr<const tls::Credentials>> credentials_;
+  std::shared_ptr<tls::SessionCache> session_cache_;
+  std::shared_ptr<tls::TicketKeys> ticket_keys_;
+
+  std::uint64_t next_id_ = 1;
+  std::map<std::uint64_t, std::unique_ptr<PendingHandshake>> handshakes_;
+  std::map<std::uint64_t, std::unique_ptr<PendingConnect>> connects_;
+  std::map<std::uint64_t, std::unique_ptr<Association>> associations_;
+  core::Reactor::Id liveness_timer_ = 0;
+};
+
+}  // namespace tapsec::state

@@ -1,0 +1,124 @@
+// tapsecd: the tapsec agent. Runs handshakes for applications that ask over
+// D-Bus and installs the keys into the kernel's record layers.
+#include <getopt.h>
+#include <signal.h>
+#include <systemd/sd-daemon.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+#include "agent/bus/bus_service.h"
+#include "agent/core/bus_source.h"
+#include "agent/core/log.h"
+#include "agent/core/reactor.h"
+#include "agent/core/sd_bus_ptr.h"
+#include "agent/kernel/capability.h"
+#include "agent/state/agent.h"
+
+namespace {
+
+void usage(FILE* out) {
+  std::fputs(
+      "usage: tapsecd [options]\n"
+      "  --bus system|session|ADDRESS   bus to serve org.tapsec1 on (default: system)\n"
+      "  --policy-dir DIR               policy drop-in directory (default: /etc/tapsec/policy.d)\n"
+      "  --log-level debug|info|notice|warning|error\n"
+      "  --version\n",
+      out);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  using namespace tapsec;
+  std::string bus_spec = "system";
+  state::AgentOptions options;
+
+  static const option long_options[] = {
+      {"bus", required_argument, nullptr, 'b'},     {"policy-dir", required_argument, nullptr, 'p'},
+      {"log-level", required_argument, nullptr, 'l'}, {"version", no_argument, nullptr, 'V'},
+      {"help", no_argument, nullptr, 'h'},          {nullptr, 0, nullptr, 0}};
+  int c;
+  while ((c = getopt_long(argc, argv, "h", long_options, nullptr)) != -1) {
+    switch (c) {
+      case 'b': bus_spec = optarg; break;
+      case 'p': options.policy_dir = optarg; break;
+      case 'l': {
+        std::string level = optarg;
+        using L = core::log::Level;
+        if (level == "debug") core::log::set_min_level(L::Debug);
+        else if (level == "info") core::log::set_min_level(L::Info);
+        else if (level == "notice") core::log::set_min_level(L::Notice);
+        else if (level == "warning") core::log::set_min_level(L::Warning);
+        else if (level == "error") core::log::set_min_level(L::Error);
+        else { std::fprintf(stderr, "tapsecd: unknown log level \"%s\"\n", optarg); return 2; }
+        break;
+      }
+      case 'V': std::puts("tapsecd " TAPSEC_VERSION); return 0;
+      case 'h': usage(stdout); return 0;
+      default: usage(stderr); return 2;
+    }
+  }
+
+  // A peer closing mid-write must not kill the agent.
+  ::signal(SIGPIPE, SIG_IGN);
+
+  auto capabilities = kernel::probe_kernel_capabilities();
+  core::log::info("kernel probed", {{"release", capabilities.kernel_release},
+                                    {"features", [&] {
+                                       std::string s;
+                                       for (const auto& f : capabilities.feature_names()) s += (s.empty() ? "" : ",") + f;
+                                       return s.empty() ? std::string("none") : s;
+                                     }()}});
+  for (const auto& note : capabilities.notes) core::log::notice(note);
+
+  core::Reactor reactor;
+  state::Agent agent(reactor, options, capabilities);
+  std::string error;
+  if (!agent.load_policy(&error)) {
+    core::log::error("policy is invalid; refusing to start", {{"errors", error}});
+    std::fprintf(stderr, "%s\n", error.c_str());
+    return 1;
+  }
+
+  sd_bus* raw_bus = nullptr;
+  int r = core::open_bus(bus_spec, &raw_bus);
+  if (r < 0) {
+    core::log::error("cannot connect to the bus", {{"bus", bus_spec}, {"error", std::strerror(-r)}});
+    return 1;
+  }
+  core::SdBusPtr bus(raw_bus);
+  bool bus_lost = false;
+  core::BusSource bus_source(reactor, bus.get(), [&](int error) {
+    bus_lost = true;
+    core::log::error("lost the bus connection; exiting", {{"error", std::strerror(error > 0 ? error : -error)}});
+    reactor.stop();
+  });
+  bus::BusService service(bus.get(), agent);
+  agent.set_publisher(&service);
+  r = service.start();
+  if (r < 0) {
+    core::log::error("cannot serve org.tapsec1", {{"error", std::strerror(-r)}});
+    return 1;
+  }
+
+  reactor.on_signal(SIGTERM, [&] { core::log::info("SIGTERM: shutting down"); reactor.stop(); });
+  reactor.on_signal(SIGINT, [&] { core::log::info("SIGINT: shutting down"); reactor.stop(); });
+  reactor.on_signal(SIGHUP, [&] {
+    std::string reload_error;
+    if (agent.load_policy(&reload_error)) {
+      core::log::info("policy reloaded");
+    } else {
+      core::log::error("policy reload failed; keeping the previous policy", {{"errors", reload_error}});
+    }
+  });
+
+  sd_notify(0, "READY=1\nSTATUS=serving org.tapsec1");
+  core::log::info("tapsecd ready", {{"bus", bus_spec}, {"policy", options.policy_dir}});
+  r = reactor.run();
+  sd_notify(0, "STOPPING=1");
+  agent.set_publisher(nullptr);
+  return r < 0 || bus_lost ? 1 : 0;
+}

@@ -1,0 +1,606 @@
+#include "dbus/tapsecctl/commands.h"
+
+#include <signal.h>
+#include <string.h>
+#include <time.h>
+
+#include <systemd/sd-event.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <functional>
+#include <iomanip>
+#include <sstream>
+
+#include "dbus/tapsecctl/bus.h"
+#include "dbus/tapsecctl/json.h"
+
+namespace tapsec::ctl {
+namespace {
+
+constexpr const char* kBusName = "org.tapsec1";
+constexpr const char* kManagerPath = "/org/tapsec1";
+constexpr const char* kManagerInterface = "org.tapsec1.Manager";
+constexpr const char* kAssociationInterface = "org.tapsec1.Association";
+constexpr const char* kNotRunning = "tapsecd is not running (org.tapsec1 not on the bus)";
+
+using PropertyList = std::vector<std::pair<std::string, Value>>;
+
+struct Context {
+  const Invocation& inv;
+  std::ostream& out;
+  std::ostream& err;
+  BusPtr bus;
+};
+
+// Reports a failure on stderr, and as {"error":...} on stdout with --json.
+int report_error(Context& ctx, const std::string& what, const std::string& error_name = "") {
+  ctx.err << "tapsecctl: " << what << "\n";
+  if (ctx.inv.json) {
+    JsonWriter json;
+    json.begin_object();
+    json.key("error");
+    json.begin_object();
+    json.field("name", error_name);
+    json.field("message", what);
+    json.end_object();
+    json.end_object();
+    ctx.out << json.str() << "\n";
+  }
+  return kExitFailure;
+}
+
+int report_bus_error(Context& ctx, const std::string& action, BusError& error, int r) {
+  if (error.is_set()) {
+    const std::string name = error.name();
+    if (name == "org.freedesktop.DBus.Error.ServiceUnknown" || name == "org.freedesktop.DBus.Error.NameHasNoOwner")
+      return report_error(ctx, kNotRunning, name);
+    if (name == "org.freedesktop.DBus.Error.UnknownObject" || name == "org.tapsec1.Error.NoSuchAssociation")
+      return report_error(ctx, action + ": no such association", name);
+    if (name == "org.freedesktop.DBus.Error.AccessDenied")
+      return report_error(ctx, action + ": permission denied (" + error.message() + ")", name);
+    return report_error(ctx, action + ": " + error.message(), name);
+  }
+  return report_error(ctx, action + ": " + strerror(-r));
+}
+
+int connect(Context& ctx) {
+  int r = open_bus(ctx.inv.bus, ctx.bus);
+  if (r < 0)
+    return report_error(ctx, "cannot connect to the " +
+                                 (ctx.inv.bus == "system" || ctx.inv.bus == "session" ? ctx.inv.bus + " bus"
+                                                                                       : "bus at " + ctx.inv.bus) +
+                                 ": " + strerror(-r));
+  return kExitSuccess;
+}
+
+// Fails with the "not running" message when org.tapsec1 has no owner.
+int require_agent(Context& ctx) {
+  BusError error;
+  sd_bus_message* reply = nullptr;
+  int r = sd_bus_call_method(ctx.bus.get(), "org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus",
+                             "NameHasOwner", error.get(), &reply, "s", kBusName);
+  MessagePtr owned(reply);
+  if (r < 0) return report_bus_error(ctx, "asking the bus for tapsecd", error, r);
+  int has_owner = 0;
+  r = sd_bus_message_read(reply, "b", &has_owner);
+  if (r < 0 || !has_owner) return report_error(ctx, kNotRunning, "org.freedesktop.DBus.Error.ServiceUnknown");
+  return kExitSuccess;
+}
+
+int get_all(Context& ctx, const std::string& path, const char* interface, PropertyList& props, BusError& error) {
+  sd_bus_message* reply = nullptr;
+  int r = sd_bus_call_method(ctx.bus.get(), kBusName, path.c_str(), "org.freedesktop.DBus.Properties", "GetAll",
+                             error.get(), &reply, "s", interface);
+  MessagePtr owned(reply);
+  if (r < 0) return r;
+  return read_property_dict(reply, props);
+}
+
+int list_associations(Context& ctx, std::vector<std::string>& paths, BusError& error) {
+  sd_bus_message* reply = nullptr;
+  int r = sd_bus_call_method(ctx.bus.get(), kBusName, kManagerPath, kManagerInterface, "ListAssociations", error.get(),
+                             &reply, "");
+  MessagePtr owned(reply);
+  if (r < 0) return r;
+  r = sd_bus_message_enter_container(reply, 'a', "o");
+  if (r < 0) return r;
+  const char* path = nullptr;
+  while ((r = sd_bus_message_read_basic(reply, 'o', &path)) > 0) paths.emplace_back(path);
+  if (r < 0) return r;
+  // Numeric order of ids, whatever order the agent listed them in.
+  std::sort(paths.begin(), paths.end(), [](const std::string& a, const std::string& b) {
+    return a.size() != b.size() ? a.size() < b.size() : a < b;
+  });
+  return sd_bus_message_exit_container(reply);
+}
+
+std::string format_bytes(std::uint64_t bytes) {
+  static const char* units[] = {"B", "K", "M", "G", "T"};
+  double value = static_cast<double>(bytes);
+  int unit = 0;
+  while (value >= 1024 && unit < 4) {
+    value /= 1024;
+    unit++;
+  }
+  char text[32];
+  if (unit == 0)
+    std::snprintf(text, sizeof(text), "%llu%s", static_cast<unsigned long long>(bytes), units[unit]);
+  else
+    std::snprintf(text, sizeof(text), "%.1f%s", value, units[unit]);
+  return text;
+}
+
+// µs since the epoch → "2024-05-01T12:00:00Z" (UTC); 0 → "".
+std::string format_timestamp(std::uint64_t usec) {
+  if (usec == 0) return "";
+  time_t seconds = static_cast<time_t>(usec / 1000000);
+  struct tm tm {};
+  gmtime_r(&seconds, &tm);
+  char text[40];
+  strftime(text, sizeof(text), "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return text;
+}
+
+std::string now_timestamp() {
+  struct timespec ts {};
+  clock_gettime(CLOCK_REALTIME, &ts);
+  struct tm tm {};
+  gmtime_r(&ts.tv_sec, &tm);
+  char text[48];
+  size_t n = strftime(text, sizeof(text), "%Y-%m-%dT%H:%M:%S", &tm);
+  std::snprintf(text + n, sizeof(text) - n, ".%06ldZ", ts.tv_nsec / 1000);
+  return text;
+}
+
+// ------------------------------------------------------------------ status
+
+int cmd_status(Context& ctx) {
+  BusError error;
+  PropertyList props;
+  int r = get_all(ctx, kManagerPath, kManagerInterface, props, error);
+  if (r < 0) return report_bus_error(ctx, "reading the agent's properties", error, r);
+  std::vector<std::string> paths;
+  BusError list_error;
+  r = list_associations(ctx, paths, list_error);
+  if (r < 0) return report_bus_error(ctx, "listing associations", list_error, r);
+
+  std::vector<std::string> features;
+  if (const Value* v = find_property(props, "KernelFeatures"))
+    for (const auto& item : v->items) features.push_back(value_to_text(item));
+  const std::uint64_t entries = property_number(props, "SessionCacheEntries");
+  const std::uint64_t capacity = property_number(props, "SessionCacheCapacity");
+
+  if (ctx.inv.json) {
+    JsonWriter json;
+    json.begin_object();
+    json.field("version", property_text(props, "Version"));
+    json.field("kernel_features", features);
+    json.field("associations", static_cast<std::uint64_t>(paths.size()));
+    json.key("session_cache");
+    json.begin_object();
+    json.field("entries", entries);
+    json.field("capacity", capacity);
+    json.end_object();
+    json.end_object();
+    ctx.out << json.str() << "\n";
+    return kExitSuccess;
+  }
+  std::string feature_text;
+  for (const auto& f : features) feature_text += (feature_text.empty() ? "" : " ") + f;
+  ctx.out << "        Agent: tapsecd " << property_text(props, "Version") << "\n"
+          << "Kernel offload: " << (feature_text.empty() ? "none (userspace fallback only)" : feature_text) << "\n"
+          << " Associations: " << paths.size() << "\n"
+          << "Session cache: " << entries << " of " << capacity << " entries\n";
+  return kExitSuccess;
+}
+
+// ------------------------------------------------------------ associations
+
+int cmd_associations(Context& ctx) {
+  BusError error;
+  std::vector<std::string> paths;
+  int r = list_associations(ctx, paths, error);
+  if (r < 0) return report_bus_error(ctx, "listing associations", error, r);
+
+  struct Row {
+    std::string path;
+    PropertyList props;
+  };
+  std::vector<Row> rows;
+  for (const auto& path : paths) {
+    Row row{path, {}};
+    BusError get_error;
+    // An association may end between listing and reading: skip it.
+    if (get_all(ctx, path, kAssociationInterface, row.props, get_error) < 0) continue;
+    rows.push_back(std::move(row));
+  }
+
+  if (ctx.inv.json) {
+    JsonWriter json;
+    json.begin_object();
+    json.key("associations");
+    json.begin_array();
+    for (const auto& row : rows) {
+      json.begin_object();
+      json.field("id", association_id_from_path(row.path));
+      json.field("path", row.path);
+      json.field("protocol", property_text(row.props, "Protocol"));
+      json.field("version", property_text(row.props, "Version"));
+      json.field("cipher", property_text(row.props, "Cipher"));
+      json.field("offload", property_text(row.props, "Offload"));
+      json.field("peer_address", property_text(row.props, "PeerAddress"));
+      json.field("peer_identity", property_text(row.props, "PeerIdentity"));
+      json.field("state", property_text(row.props, "State"));
+      json.field("bytes_sent", property_number(row.props, "BytesSent"));
+      json.field("bytes_received", property_number(row.props, "BytesReceived"));
+      json.end_object();
+    }
+    json.end_array();
+    json.end_object();
+    ctx.out << json.str() << "\n";
+    return kExitSuccess;
+  }
+
+  const std::vector<std::string> headers = {"ID", "PROTOCOL", "VERSION", "CIPHER", "OFFLOAD", "PEER", "STATE",
+                                            "SENT/RECEIVED"};
+  std::vector<std::vector<std::string>> table;
+  for (const auto& row : rows) {
+    table.push_back({association_id_from_path(row.path), property_text(row.props, "Protocol"),
+                     property_text(row.props, "Version"), property_text(row.props, "Cipher"),
+                     property_text(row.props, "Offload"), property_text(row.props, "PeerAddress"),
+                     property_text(row.props, "State"),
+                     format_bytes(property_number(row.props, "BytesSent")) + "/" +
+                         format_bytes(property_number(row.props, "BytesReceived"))});
+  }
+  std::vector<size_t> widths(headers.size());
+  for (size_t c = 0; c < headers.size(); c++) {
+    widths[c] = headers[c].size();
+    for (const auto& cells : table) widths[c] = std::max(widths[c], cells[c].size());
+  }
+  auto print_row = [&](const std::vector<std::string>& cells) {
+    std::string line;
+    for (size_t c = 0; c < cells.size(); c++) {
+      line += cells[c];
+      if (c + 1 < cells.size()) line += std::string(widths[c] - cells[c].size() + 2, ' ');
+    }
+    ctx.out << line << "\n";
+  };
+  print_row(headers);
+  for (const auto& cells : table) print_row(cells);
+  ctx.out << "\n" << rows.size() << (rows.size() == 1 ? " association" : " associations") << " listed.\n";
+  return kExitSuccess;
+}
+
+// -------------------------------------------------------------------- show
+
+int cmd_show(Context& ctx) {
+  BusError error;
+  PropertyList props;
+  int r = get_all(ctx, ctx.inv.association_path, kAssociationInterface, props, error);
+  if (r < 0) return report_bus_error(ctx, "association " + association_id_from_path(ctx.inv.association_path), error, r);
+
+  if (ctx.inv.json) {
+    JsonWriter json;
+    json.begin_object();
+    json.field("id", association_id_from_path(ctx.inv.association_path));
+    json.field("path", ctx.inv.association_path);
+    json.key("properties");
+    json.begin_object();
+    for (const auto& [name, value] : props) {
+      json.key(name);
+      write_value_json(json, value);
+    }
+    json.end_object();
+    json.end_object();
+    ctx.out << json.str() << "\n";
+    return kExitSuccess;
+  }
+  size_t width = 0;
+  for (const auto& [name, value] : props) width = std::max(width, name.size());
+  ctx.out << "Association " << association_id_from_path(ctx.inv.association_path) << " ("
+          << ctx.inv.association_path << ")\n";
+  for (const auto& [name, value] : props) {
+    std::string text = value_to_text(value);
+    if ((name == "ExpiresAt" || name == "CreatedAt") && value.kind == Value::Kind::Unsigned)
+      text = value.unsigned_number == 0 ? "never" : format_timestamp(value.unsigned_number);
+    ctx.out << std::string(width - name.size() + 2, ' ') << name << ": " << text << "\n";
+  }
+  return kExitSuccess;
+}
+
+// -------------------------------------------------- terminate, update-keys
+
+int call_association(Context& ctx, const char* method, const char* action, const char* result,
+                     const std::function<int(sd_bus_message*)>& append) {
+  BusError error;
+  sd_bus_message* call = nullptr;
+  int r = sd_bus_message_new_method_call(ctx.bus.get(), &call, kBusName, ctx.inv.association_path.c_str(),
+                                         kAssociationInterface, method);
+  MessagePtr owned_call(call);
+  if (r >= 0 && append) r = append(call);
+  sd_bus_message* reply = nullptr;
+  if (r >= 0) r = sd_bus_call(ctx.bus.get(), call, 0, error.get(), &reply);
+  MessagePtr owned_reply(reply);
+  const std::string id = association_id_from_path(ctx.inv.association_path);
+  if (r < 0) return report_bus_error(ctx, std::string(action) + " association " + id, error, r);
+  if (ctx.inv.json) {
+    JsonWriter json;
+    json.begin_object();
+    json.field("id", id);
+    json.field("result", result);
+    if (ctx.inv.command == Command::UpdateKeys) json.field("request_peer", ctx.inv.request_peer);
+    json.end_object();
+    ctx.out << json.str() << "\n";
+  }
+  return kExitSuccess;
+}
+
+int cmd_terminate(Context& ctx) { return call_association(ctx, "Terminate", "terminating", "terminated", nullptr); }
+
+int cmd_update_keys(Context& ctx) {
+  const int request_peer = ctx.inv.request_peer;
+  return call_association(ctx, "UpdateKeys", "updating keys of", "keys-updated",
+                          [&](sd_bus_message* m) { return sd_bus_message_append(m, "b", request_peer); });
+}
+
+// ------------------------------------------------------------------ export
+
+int cmd_export(Context& ctx) {
+  BusError error;
+  sd_bus_message* call = nullptr;
+  int r = sd_bus_message_new_method_call(ctx.bus.get(), &call, kBusName, ctx.inv.association_path.c_str(),
+                                         kAssociationInterface, "ExportKeyingMaterial");
+  MessagePtr owned_call(call);
+  if (r >= 0) r = sd_bus_message_append_basic(call, 's', ctx.inv.label.c_str());
+  if (r >= 0) r = sd_bus_message_append_array(call, 'y', ctx.inv.context.data(), ctx.inv.context.size());
+  if (r >= 0) r = sd_bus_message_append_basic(call, 'u', &ctx.inv.length);
+  sd_bus_message* reply = nullptr;
+  if (r >= 0) r = sd_bus_call(ctx.bus.get(), call, 0, error.get(), &reply);
+  MessagePtr owned_reply(reply);
+  const std::string id = association_id_from_path(ctx.inv.association_path);
+  if (r < 0) return report_bus_error(ctx, "exporting keying material of association " + id, error, r);
+  sd_bus_message_sensitive(reply);
+  const void* data = nullptr;
+  size_t size = 0;
+  r = sd_bus_message_read_array(reply, 'y', &data, &size);
+  if (r < 0) return report_error(ctx, "the agent's reply could not be read");
+  std::string hex = to_hex(static_cast<const std::uint8_t*>(data), size);
+  if (ctx.inv.json) {
+    JsonWriter json;
+    json.begin_object();
+    json.field("id", id);
+    json.field("label", ctx.inv.label);
+    json.field("context", to_hex(ctx.inv.context.data(), ctx.inv.context.size()));
+    json.field("length", static_cast<std::uint64_t>(size));
+    json.field("material", hex);
+    json.end_object();
+    ctx.out << json.str() << "\n";
+    std::string& text = const_cast<std::string&>(json.str());
+    explicit_bzero(text.data(), text.size());
+  } else {
+    ctx.out << hex << "\n";
+  }
+  explicit_bzero(hex.data(), hex.size());
+  return kExitSuccess;
+}
+
+// ------------------------------------------------------------- flush-cache
+
+int cmd_flush_cache(Context& ctx) {
+  BusError error;
+  sd_bus_message* reply = nullptr;
+  int r = sd_bus_call_method(ctx.bus.get(), kBusName, kManagerPath, kManagerInterface, "FlushSessionCache",
+                             error.get(), &reply, "");
+  MessagePtr owned(reply);
+  if (r < 0) return report_bus_error(ctx, "flushing the session cache", error, r);
+  std::uint32_t removed = 0;
+  r = sd_bus_message_read(reply, "u", &removed);
+  if (r < 0) return report_error(ctx, "the agent's reply could not be read");
+  if (ctx.inv.json) {
+    JsonWriter json;
+    json.begin_object();
+    json.field("entries_removed", static_cast<std::uint64_t>(removed));
+    json.end_object();
+    ctx.out << json.str() << "\n";
+  } else {
+    ctx.out << "Removed " << removed << (removed == 1 ? " session cache entry." : " session cache entries.") << "\n";
+  }
+  return kExitSuccess;
+}
+
+// ----------------------------------------------------------------- monitor
+
+struct SignalArgumentNames {
+  const char* member;
+  std::vector<const char*> names;
+};
+
+const std::vector<SignalArgumentNames>& association_signal_arguments() {
+  static const std::vector<SignalArgumentNames> table = {
+      {"KeyExpiring", {"remaining_records"}},
+      {"KeysUpdated", {"epoch"}},
+      {"PathChanged", {"old_path", "new_path"}},
+      {"Terminated", {"reason"}},
+  };
+  return table;
+}
+
+struct MonitorState {
+  Context* ctx;
+};
+
+// Prints one event: text "TIME EVENT association=ID k=v ..." or a JSON line.
+void print_event(Context& ctx, const std::string& event, const std::string& path,
+                 const std::vector<std::pair<std::string, Value>>& fields) {
+  const std::string time = now_timestamp();
+  if (ctx.inv.json) {
+    JsonWriter json;
+    json.begin_object();
+    json.field("time", time);
+    json.field("event", event);
+    if (!path.empty()) {
+      json.field("path", path);
+      json.field("id", association_id_from_path(path));
+    }
+    for (const auto& [name, value] : fields) {
+      json.key(name);
+      write_value_json(json, value);
+    }
+    json.end_object();
+    ctx.out << json.str() << std::endl;
+    return;
+  }
+  std::string line = time + " " + event;
+  if (!path.empty()) line += " association=" + association_id_from_path(path);
+  for (const auto& [name, value] : fields) {
+    std::string text = value_to_text(value);
+    const bool quote = text.empty() || text.find_first_of(" \t\"") != std::string::npos;
+    line += " " + name + "=" + (quote ? json_quote(text) : text);
+  }
+  ctx.out << line << std::endl;
+}
+
+int on_association_signal(sd_bus_message* m, void* userdata, sd_bus_error*) {
+  auto* state = static_cast<MonitorState*>(userdata);
+  const std::string member = sd_bus_message_get_member(m) ? sd_bus_message_get_member(m) : "";
+  std::vector<const char*> names;
+  for (const auto& entry : association_signal_arguments())
+    if (member == entry.member) names = entry.names;
+  std::vector<std::pair<std::string, Value>> fields;
+  for (size_t i = 0;; i++) {
+    Value v;
+    if (read_value(m, v) <= 0) break;
+    fields.emplace_back(i < names.size() ? names[i] : "arg" + std::to_string(i), std::move(v));
+  }
+  print_event(*state->ctx, member, sd_bus_message_get_path(m) ? sd_bus_message_get_path(m) : "", fields);
+  return 0;
+}
+
+int on_interfaces_changed(sd_bus_message* m, void* userdata, sd_bus_error*) {
+  auto* state = static_cast<MonitorState*>(userdata);
+  const char* path = nullptr;
+  if (sd_bus_message_read(m, "o", &path) < 0) return 0;
+  const bool added = sd_bus_message_is_signal(m, "org.freedesktop.DBus.ObjectManager", "InterfacesAdded");
+  std::vector<std::pair<std::string, Value>> fields;
+  if (added) {
+    // a{sa{sv}}: show a few identifying properties of a new association.
+    Value interfaces;
+    if (read_value(m, interfaces) > 0) {
+      for (const auto& [interface, props] : interfaces.entries) {
+        if (interface != kAssociationInterface) continue;
+        for (const char* name : {"Protocol", "Version", "Cipher", "Offload", "PeerAddress", "PeerIdentity"}) {
+          for (const auto& [key, value] : props.entries)
+            if (key == name) {
+              std::string field = name;
+              // snake_case field names: PeerAddress -> peer_address
+              std::string snake;
+              for (char c : field) {
+                if (c >= 'A' && c <= 'Z') {
+                  if (!snake.empty()) snake.push_back('_');
+                  snake.push_back(static_cast<char>(c - 'A' + 'a'));
+                } else {
+                  snake.push_back(c);
+                }
+              }
+              fields.emplace_back(snake, value);
+            }
+        }
+      }
+    }
+  }
+  print_event(*state->ctx, added ? "AssociationAdded" : "AssociationRemoved", path, fields);
+  return 0;
+}
+
+int on_name_owner_changed(sd_bus_message* m, void* userdata, sd_bus_error*) {
+  auto* state = static_cast<MonitorState*>(userdata);
+  const char *name = nullptr, *old_owner = nullptr, *new_owner = nullptr;
+  if (sd_bus_message_read(m, "sss", &name, &old_owner, &new_owner) < 0) return 0;
+  print_event(*state->ctx, new_owner && *new_owner ? "AgentStarted" : "AgentStopped", "", {});
+  return 0;
+}
+
+int on_stop_signal(sd_event_source* source, const struct signalfd_siginfo*, void*) {
+  return sd_event_exit(sd_event_source_get_event(source), 0);
+}
+
+int cmd_monitor(Context& ctx) {
+  MonitorState state{&ctx};
+  sd_bus* bus = ctx.bus.get();
+  std::vector<SlotPtr> slots;
+  auto add = [&](const char* sender, const char* path, const char* interface, const char* member,
+                 sd_bus_message_handler_t handler) {
+    sd_bus_slot* slot = nullptr;
+    int r = sd_bus_match_signal(bus, &slot, sender, path, interface, member, handler, &state);
+    if (r >= 0) slots.emplace_back(slot);
+    return r;
+  };
+  int r = add(kBusName, nullptr, kAssociationInterface, nullptr, on_association_signal);
+  if (r >= 0) r = add(kBusName, kManagerPath, "org.freedesktop.DBus.ObjectManager", nullptr, on_interfaces_changed);
+  if (r >= 0) {
+    sd_bus_slot* slot = nullptr;
+    r = sd_bus_add_match(bus, &slot,
+                         "type='signal',sender='org.freedesktop.DBus',interface='org.freedesktop.DBus',"
+                         "member='NameOwnerChanged',arg0='org.tapsec1'",
+                         on_name_owner_changed, &state);
+    if (r >= 0) slots.emplace_back(slot);
+  }
+  if (r < 0) return report_error(ctx, std::string("cannot subscribe to the agent's signals: ") + strerror(-r));
+
+  sd_event* event = nullptr;
+  r = sd_event_default(&event);
+  if (r < 0) return report_error(ctx, std::string("cannot create the event loop: ") + strerror(-r));
+  std::unique_ptr<sd_event, decltype(&sd_event_unref)> owned_event(event, sd_event_unref);
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGTERM);
+  sigprocmask(SIG_BLOCK, &stop_signals, nullptr);
+  sd_event_source* int_source = nullptr;
+  sd_event_source* term_source = nullptr;
+  sd_event_add_signal(event, &int_source, SIGINT, on_stop_signal, nullptr);
+  sd_event_add_signal(event, &term_source, SIGTERM, on_stop_signal, nullptr);
+  r = sd_bus_attach_event(bus, event, SD_EVENT_PRIORITY_NORMAL);
+  if (r < 0) return report_error(ctx, std::string("cannot attach to the event loop: ") + strerror(-r));
+  if (!ctx.inv.json) ctx.err << "Monitoring tapsecd events; press Ctrl-C to stop.\n";
+  r = sd_event_loop(event);
+  sd_bus_detach_event(bus);
+  sd_event_source_unref(int_source);
+  sd_event_source_unref(term_source);
+  sigprocmask(SIG_UNBLOCK, &stop_signals, nullptr);
+  if (r < 0) return report_error(ctx, std::string("event loop failed: ") + strerror(-r));
+  return kExitSuccess;
+}
+
+}  // namespace
+
+int run(const Invocation& inv, std::ostream& out, std::ostream& err) {
+  if (inv.command == Command::Help) {
+    out << kUsage;
+    return kExitSuccess;
+  }
+  if (inv.command == Command::PolicyCheck) return run_policy_check(inv.policy, inv.json, out, err);
+
+  Context ctx{inv, out, err, nullptr};
+  if (int r = connect(ctx); r != kExitSuccess) return r;
+  if (inv.command == Command::Monitor) {
+    // The agent need not be running yet: its start is an event too.
+    return cmd_monitor(ctx);
+  }
+  if (int r = require_agent(ctx); r != kExitSuccess) return r;
+  switch (inv.command) {
+    case Command::Status: return cmd_status(ctx);
+    case Command::Associations: return cmd_associations(ctx);
+    case Command::Show: return cmd_show(ctx);
+    case Command::Terminate: return cmd_terminate(ctx);
+    case Command::UpdateKeys: return cmd_update_keys(ctx);
+    case Command::Export: return cmd_export(ctx);
+    case Command::FlushCache: return cmd_flush_cache(ctx);
+    default: break;
+  }
+  return report_error(ctx, "internal error: unhandled command");
+}
+
+}  // namespace tapsec::ctl

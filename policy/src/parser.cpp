@@ -1,0 +1,573 @@
+// The policy file parser: INI lines -> sections -> validated values.
+// Every problem is reported with file:line and parsing goes on, so that one
+// run shows all mistakes of a file.
+
+#include <openssl/crypto.h>
+
+#include <algorithm>
+#include <cctype>
+#include <climits>
+#include <set>
+#include <utility>
+
+#include "policy/src/files.h"
+#include "policy/src/model.h"
+#include "policy/src/values.h"
+
+namespace tapsec::policy::detail {
+namespace {
+
+enum class SectionType { Identity, Psk, TrustStore, Rule };
+
+struct SectionSpec {
+  SectionType type;
+  std::string_view header;
+  std::vector<std::string_view> keys;
+  std::vector<std::string_view> list_keys;  // may be repeated; values accumulate
+};
+
+const std::vector<SectionSpec>& section_specs() {
+  static const std::vector<SectionSpec> specs = {
+      {SectionType::Identity, "Identity", {"Description", "Certificate", "PrivateKey"}, {}},
+      {SectionType::Psk, "PSK", {"Description", "Identity", "Key", "KeyFile"}, {}},
+      {SectionType::TrustStore, "TrustStore", {"Description", "File", "IncludeSystem"}, {"File"}},
+      {SectionType::Rule,
+       "Rule",
+       {"Description", "MatchUser", "MatchGroup", "MatchUnit", "MatchCgroup", "MatchRole", "MatchHost",
+        "MatchAddress", "MatchPort", "Protocols", "Ciphersuites", "Groups", "SignatureAlgorithms",
+        "Identities", "PSKs", "TrustStore", "PeerValidation", "Export", "Fallback", "Action"},
+       {"MatchUser", "MatchGroup", "MatchUnit", "MatchCgroup", "MatchRole", "MatchHost", "MatchAddress",
+        "MatchPort", "Protocols", "Ciphersuites", "Groups", "SignatureAlgorithms", "Identities", "PSKs",
+        "PeerValidation"}},
+  };
+  return specs;
+}
+
+// Keys of a Rule that grant something; meaningless in a deny rule.
+constexpr std::string_view kGrantKeys[] = {"Protocols",  "Ciphersuites", "Groups",         "SignatureAlgorithms",
+                                           "Identities", "PSKs",         "TrustStore",     "PeerValidation",
+                                           "Export",     "Fallback"};
+
+bool contains(const std::vector<std::string_view>& list, std::string_view item) {
+  return std::find(list.begin(), list.end(), item) != list.end();
+}
+
+bool iequals(std::string_view a, std::string_view b) {
+  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
+           return std::tolower(static_cast<unsigned char>(x)) == std::tolower(static_cast<unsigned char>(y));
+         });
+}
+
+bool has_control_character(std::string_view line) {
+  return std::any_of(line.begin(), line.end(), [](char c) {
+    const auto byte = static_cast<unsigned char>(c);
+    return (byte < 0x20 && c != '\t' && c != '\r') || byte == 0x7f;
+  });
+}
+
+// Removes a trailing comment: '#' preceded by a space or tab.
+std::string_view strip_trailing_comment(std::string_view line) {
+  for (std::size_t i = 1; i < line.size(); ++i) {
+    if (line[i] == '#' && (line[i - 1] == ' ' || line[i - 1] == '\t')) return line.substr(0, i);
+  }
+  return line;
+}
+
+bool is_absolute_path(std::string_view path) {
+  return !path.empty() && path.front() == '/' && path.size() < PATH_MAX;
+}
+
+template <typename T>
+void push_unique(std::vector<T>& list, T item) {
+  if (std::find(list.begin(), list.end(), item) == list.end()) list.push_back(std::move(item));
+}
+
+void push_unique_reference(std::vector<Reference>& list, std::string name, unsigned line) {
+  for (const Reference& existing : list)
+    if (existing.name == name) return;
+  list.push_back({std::move(name), line});
+}
+
+class FileParser {
+ public:
+  struct Section {
+    const SectionSpec* spec = nullptr;
+    std::string name;  // "" when the header's name was rejected
+    unsigned line = 0;
+    std::size_t errors_before = 0;
+    std::map<std::string, unsigned> lines;  // key -> first line it appeared on
+    Identity identity;
+    Psk psk;
+    TrustStore trust_store;
+    Rule rule;
+  };
+
+  FileParser(std::string_view text, const std::string& file, PolicyData& data, Declarations& declared,
+             std::vector<Error>& errors)
+      : text_(text), file_(file), data_(data), declared_(declared), errors_(errors) {}
+
+  FileFacts run() {
+    unsigned line_number = 0;
+    std::size_t position = 0;
+    while (position <= text_.size()) {
+      std::size_t end = text_.find('\n', position);
+      if (end == std::string_view::npos) end = text_.size();
+      ++line_number;
+      handle_line(text_.substr(position, end - position), line_number);
+      position = end + 1;
+    }
+    finish_section();
+    return std::move(facts_);
+  }
+
+ private:
+  void error(unsigned line, std::string message) { errors_.push_back({file_, line, std::move(message)}); }
+
+  std::string location(unsigned line) const { return file_ + ":" + std::to_string(line); }
+
+  void handle_line(std::string_view raw, unsigned line) {
+    std::string_view text = trim(raw);
+    if (text.empty() || text.front() == '#' || text.front() == ';') return;
+    if (has_control_character(text)) {
+      error(line, "line contains a control character");
+      return;
+    }
+    text = trim(strip_trailing_comment(text));
+    if (text.front() == '[') {
+      begin_section(text, line);
+      return;
+    }
+    const std::size_t equals = text.find('=');
+    if (equals == std::string_view::npos) {
+      error(line, "expected Key=value, a [Section name] header, or a comment");
+      return;
+    }
+    const std::string_view key = trim(text.substr(0, equals));
+    const std::string_view value = trim(text.substr(equals + 1));
+    if (key.empty()) {
+      error(line, "missing key name before '='");
+      return;
+    }
+    assignment(key, value, line);
+  }
+
+  // ---- sections ----
+
+  void begin_section(std::string_view header, unsigned line) {
+    finish_section();
+    seen_any_header_ = true;
+    if (header.back() != ']') {
+      error(line, "section header must end with ']'");
+      return;
+    }
+    const auto words = split_words(header.substr(1, header.size() - 2));
+    if (words.empty()) {
+      error(line, "empty section header; expected e.g. [Rule name]");
+      return;
+    }
+    const SectionSpec* spec = nullptr;
+    for (const SectionSpec& candidate : section_specs())
+      if (candidate.header == words[0]) spec = &candidate;
+    if (!spec) {
+      std::string message = "unknown section type '" + std::string(words[0]) + "'";
+      for (const SectionSpec& candidate : section_specs())
+        if (iequals(candidate.header, words[0])) message += " (did you mean '" + std::string(candidate.header) + "'?)";
+      message += "; known: Identity, PSK, TrustStore, Rule";
+      error(line, std::move(message));
+      return;
+    }
+    Section section;
+    section.spec = spec;
+    section.line = line;
+    section.errors_before = errors_.size();
+    if (words.size() != 2) {
+      error(line, "[" + std::string(spec->header) + "] needs exactly one name, e.g. [" +
+                      std::string(spec->header) + " example]");
+    } else if (!is_valid_name(words[1])) {
+      error(line, "'" + std::string(words[1]) +
+                      "' is not a valid name (letters, digits, '-', '_', '.'; starting with a letter or digit; "
+                      "at most 64)");
+    } else {
+      section.name = std::string(words[1]);
+      auto& names = declared_names(spec->type);
+      const auto [it, inserted] = names.emplace(section.name, location(line));
+      if (!inserted) {
+        error(line, std::string(spec->header) + " '" + section.name + "' is already defined at " + it->second);
+        section.name.clear();
+      }
+    }
+    section_ = std::move(section);
+  }
+
+  std::map<std::string, std::string>& declared_names(SectionType type) {
+    switch (type) {
+      case SectionType::Identity: return declared_.identities;
+      case SectionType::Psk: return declared_.psks;
+      case SectionType::TrustStore: return declared_.trust_stores;
+      case SectionType::Rule: break;
+    }
+    return declared_.rules;
+  }
+
+  void finish_section() {
+    if (!section_) return;
+    Section& section = *section_;
+    const std::string header = "[" + std::string(section.spec->header) + " " + section.name + "]";
+    switch (section.spec->type) {
+      case SectionType::Identity:
+        if (!section.lines.count("Certificate")) error(section.line, header + " has no Certificate=");
+        if (!section.lines.count("PrivateKey")) error(section.line, header + " has no PrivateKey=");
+        break;
+      case SectionType::Psk:
+        if (!section.lines.count("Key") && !section.lines.count("KeyFile"))
+          error(section.line, header + " needs Key= or KeyFile=");
+        if (section.psk.identity.empty()) section.psk.identity = section.name;
+        break;
+      case SectionType::TrustStore:
+        if (section.trust_store.files.empty() && !section.trust_store.include_system)
+          error(section.line, header + " trusts nothing: give File= or IncludeSystem=yes");
+        break;
+      case SectionType::Rule:
+        if (!section.lines.count("Action")) {
+          error(section.line, header + " has no Action= (allow or deny)");
+        } else if (section.rule.action == Action::Deny) {
+          for (std::string_view key : kGrantKeys) {
+            const auto it = section.lines.find(std::string(key));
+            if (it != section.lines.end())
+              error(it->second, std::string(key) + "= has no effect in a rule with Action=deny");
+          }
+        }
+        break;
+    }
+    const bool valid = !section.name.empty() && errors_.size() == section.errors_before;
+    if (valid) commit(section);
+    if (!section.psk.key.empty()) OPENSSL_cleanse(section.psk.key.data(), section.psk.key.size());
+    section_.reset();
+  }
+
+  void commit(Section& section) {
+    const std::string where = location(section.line);
+    switch (section.spec->type) {
+      case SectionType::Identity:
+        section.identity.name = section.name;
+        section.identity.location = where;
+        data_.identities.push_back(std::move(section.identity));
+        break;
+      case SectionType::Psk:
+        section.psk.name = section.name;
+        section.psk.location = where;
+        data_.psks.push_back(std::move(section.psk));
+        section.psk.key.clear();
+        break;
+      case SectionType::TrustStore:
+        section.trust_store.name = section.name;
+        section.trust_store.location = where;
+        data_.trust_stores.push_back(std::move(section.trust_store));
+        break;
+      case SectionType::Rule:
+        section.rule.name = section.name;
+        section.rule.file = file_;
+        section.rule.line = section.line;
+        section.rule.location = where;
+        data_.rules.push_back(std::move(section.rule));
+        break;
+    }
+  }
+
+  // ---- keys ----
+
+  void assignment(std::string_view key, std::string_view value, unsigned line) {
+    if (!section_) {
+      // Either outside any section, or inside one whose header was rejected
+      // (already reported; stay quiet to avoid a cascade).
+      if (!seen_any_header_) error(line, "'" + std::string(key) + "=' is outside any section");
+      return;
+    }
+    Section& section = *section_;
+    const SectionSpec& spec = *section.spec;
+    if (!contains(spec.keys, key)) {
+      error(line, unknown_key_message(key, spec));
+      return;
+    }
+    if (value.empty()) {
+      error(line, std::string(key) + "= has an empty value");
+      return;
+    }
+    const std::string key_name(key);
+    const auto [previous, first_time] = section.lines.emplace(key_name, line);
+    if (!first_time && !contains(spec.list_keys, key)) {
+      error(line, key_name + "= is given twice in this section (first at line " +
+                      std::to_string(previous->second) + ")");
+      return;
+    }
+    switch (spec.type) {
+      case SectionType::Identity: identity_key(section, key, value, line); break;
+      case SectionType::Psk: psk_key(section, key, value, line); break;
+      case SectionType::TrustStore: trust_store_key(section, key, value, line); break;
+      case SectionType::Rule: rule_key(section, key, value, line); break;
+    }
+  }
+
+  std::string unknown_key_message(std::string_view key, const SectionSpec& spec) const {
+    const std::string where = "[" + std::string(spec.header) + "]";
+    for (const SectionSpec& other : section_specs()) {
+      if (other.type != spec.type && contains(other.keys, key))
+        return std::string(key) + "= belongs in [" + std::string(other.header) + "] sections, not in " + where;
+    }
+    for (std::string_view known : spec.keys)
+      if (iequals(known, key))
+        return "unknown key '" + std::string(key) + "' in " + where + " (did you mean '" + std::string(known) + "'?)";
+    return "unknown key '" + std::string(key) + "' in " + where;
+  }
+
+  std::optional<std::string> absolute_path(std::string_view key, std::string_view value, unsigned line) {
+    if (!is_absolute_path(value)) {
+      error(line, std::string(key) + "= must be an absolute path, got '" + std::string(value) + "'");
+      return std::nullopt;
+    }
+    return std::string(value);
+  }
+
+  std::optional<bool> boolean(std::string_view key, std::string_view value, unsigned line) {
+    std::string why;
+    const auto parsed = parse_bool(value, why);
+    if (!parsed) error(line, std::string(key) + "=: " + why);
+    return parsed;
+  }
+
+  void identity_key(Section& section, std::string_view key, std::string_view value, unsigned line) {
+    if (key == "Certificate") {
+      if (auto path = absolute_path(key, value, line)) section.identity.certificate_file = std::move(*path);
+    } else if (key == "PrivateKey") {
+      if (auto path = absolute_path(key, value, line)) section.identity.key_file = std::move(*path);
+    }
+  }
+
+  void psk_key(Section& section, std::string_view key, std::string_view value, unsigned line) {
+    if (key == "Identity") {
+      const bool printable = std::all_of(value.begin(), value.end(), [](char c) {
+        return static_cast<unsigned char>(c) >= 0x20 && static_cast<unsigned char>(c) < 0x7f;
+      });
+      if (!printable || value.size() > 255) {
+        error(line, "Identity= must be printable ASCII of at most 255 characters");
+        return;
+      }
+      section.psk.identity = std::string(value);
+      return;
+    }
+    if ((key == "Key" && section.lines.count("KeyFile")) || (key == "KeyFile" && section.lines.count("Key"))) {
+      error(line, "give either Key= or KeyFile=, not both");
+      return;
+    }
+    if (key == "Key") {
+      facts_.inline_key_lines.push_back(line);
+      constexpr std::string_view kHexPrefix = "hex:";
+      if (value.substr(0, kHexPrefix.size()) != kHexPrefix) {
+        error(line, "Key= must be written as hex:<hex digits>");
+        return;
+      }
+      std::string why;
+      if (auto key_bytes = parse_hex_key(value.substr(kHexPrefix.size()), why)) {
+        section.psk.key = std::move(*key_bytes);
+      } else {
+        error(line, "Key=: " + why);
+      }
+    } else if (key == "KeyFile") {
+      if (auto path = absolute_path(key, value, line)) load_key_file(section, *path, line);
+    }
+  }
+
+  void load_key_file(Section& section, const std::string& path, unsigned line) {
+    std::string why;
+    auto contents = read_regular_file(path, 8192, why);
+    if (!contents) {
+      error(line, "KeyFile=: " + why);
+      return;
+    }
+    const mode_t mode = contents->status.st_mode;
+    if (mode & (S_IROTH | S_IWOTH)) {
+      error(line, "KeyFile=: " + path + " is accessible by every user (mode " + permission_string(mode) +
+                      "); run chmod o-rwx " + path);
+    } else {
+      std::string_view hex = trim(contents->bytes);
+      while (!hex.empty() && hex.back() == '\n') hex = trim(hex.substr(0, hex.size() - 1));
+      if (hex.substr(0, 4) == "hex:") hex.remove_prefix(4);
+      if (auto key_bytes = parse_hex_key(hex, why)) {
+        section.psk.key = std::move(*key_bytes);
+      } else {
+        error(line, "KeyFile=: " + path + ": " + why);
+      }
+    }
+    OPENSSL_cleanse(contents->bytes.data(), contents->bytes.size());
+  }
+
+  void trust_store_key(Section& section, std::string_view key, std::string_view value, unsigned line) {
+    if (key == "File") {
+      for (std::string_view word : split_words(value))
+        if (auto path = absolute_path(key, word, line)) push_unique(section.trust_store.files, std::move(*path));
+    } else if (key == "IncludeSystem") {
+      if (auto flag = boolean(key, value, line)) section.trust_store.include_system = *flag;
+    }
+  }
+
+  void refer(const Section& section, std::string_view kind, std::string_view name, unsigned line) {
+    declared_.references.push_back({file_, line, section.name, std::string(kind), std::string(name)});
+  }
+
+  void rule_key(Section& section, std::string_view key, std::string_view value, unsigned line) {
+    Rule& rule = section.rule;
+    std::string why;
+    const auto words = split_words(value);
+    const auto bad = [&](std::string_view word, std::string reason) {
+      error(line, std::string(key) + "=: " + (reason.empty() ? "'" + std::string(word) + "' is not valid" : reason));
+    };
+
+    if (key == "Description") {
+      rule.description = std::string(value);
+    } else if (key == "MatchUser" || key == "MatchGroup") {
+      const bool is_user = key == "MatchUser";
+      for (std::string_view word : words) {
+        const auto id = is_user ? resolve_user(word, why) : resolve_group(word, why);
+        if (!id) {
+          bad(word, why);
+          continue;
+        }
+        AccountId account{*id, std::string(word)};
+        auto& list = is_user ? rule.users : rule.groups;
+        if (std::none_of(list.begin(), list.end(), [&](const AccountId& a) { return a.id == account.id; }))
+          list.push_back(std::move(account));
+      }
+    } else if (key == "MatchUnit") {
+      for (std::string_view word : words) {
+        if (word.find('/') != std::string_view::npos || word.size() > 256)
+          bad(word, "'" + std::string(word) + "' is not a unit name or glob (e.g. nginx.service, app-*.scope)");
+        else
+          push_unique(rule.units, std::string(word));
+      }
+    } else if (key == "MatchCgroup") {
+      for (std::string_view word : words) {
+        if (word.front() != '/' || word.find("//") != std::string_view::npos || word.size() > 4096) {
+          bad(word, "'" + std::string(word) + "' is not an absolute cgroup path (e.g. /system.slice/nginx.service)");
+          continue;
+        }
+        while (word.size() > 1 && word.back() == '/') word.remove_suffix(1);
+        push_unique(rule.cgroups, std::string(word));
+      }
+    } else if (key == "MatchRole") {
+      for (std::string_view word : words) {
+        if (word == "client" || word == "server")
+          push_unique(rule.roles, std::string(word));
+        else
+          bad(word, "'" + std::string(word) + "' is not a role (client or server)");
+      }
+    } else if (key == "MatchHost") {
+      for (std::string_view word : words) {
+        const bool ok = word.size() <= 255 && std::all_of(word.begin(), word.end(), [](char c) {
+                          return std::isalnum(static_cast<unsigned char>(c)) || std::string_view("-._*?[]!:").find(c) != std::string_view::npos;
+                        });
+        if (!ok) {
+          bad(word, "'" + std::string(word) + "' is not a host name glob (e.g. *.example.com)");
+          continue;
+        }
+        std::string lower(word);
+        std::transform(lower.begin(), lower.end(), lower.begin(),
+                       [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+        push_unique(rule.hosts, std::move(lower));
+      }
+    } else if (key == "MatchAddress") {
+      for (std::string_view word : words) {
+        if (auto prefix = parse_cidr(word, why)) rule.addresses.push_back(std::move(*prefix));
+        else bad(word, why);
+      }
+    } else if (key == "MatchPort") {
+      for (std::string_view word : words) {
+        if (auto range = parse_port_range(word, why)) rule.ports.push_back(std::move(*range));
+        else bad(word, why);
+      }
+    } else if (key == "Protocols") {
+      if (!rule.protocols) rule.protocols.emplace();
+      for (std::string_view word : words) {
+        if (auto name = canonical_protocol(word)) push_unique(*rule.protocols, std::move(*name));
+        else bad(word, "unknown protocol '" + std::string(word) + "' (known: " + join(known_protocols(), ", ") + ")");
+      }
+    } else if (key == "Ciphersuites" || key == "Groups" || key == "SignatureAlgorithms") {
+      const std::string kind = key == "Ciphersuites" ? "ciphersuites" : key == "Groups" ? "groups" : "signature-algorithms";
+      auto& list = rule.algorithms[kind];
+      for (std::string_view word : words) {
+        const auto name = kind == "ciphersuites" ? canonical_ciphersuite(word)
+                          : kind == "groups"     ? canonical_group(word)
+                                                 : canonical_signature_algorithm(word);
+        if (name) push_unique(list, *name);
+        else bad(word, "unknown " + std::string(kind == "ciphersuites" ? "TLS 1.3 cipher suite" : kind == "groups" ? "group" : "signature algorithm") +
+                           " '" + std::string(word) + "'");
+      }
+    } else if (key == "Identities" || key == "PSKs") {
+      for (std::string_view word : words) {
+        if (!is_valid_name(word)) bad(word, "'" + std::string(word) + "' is not a valid name");
+        else {
+          push_unique_reference(key == "Identities" ? rule.identities : rule.psks, std::string(word), line);
+          refer(section, key == "Identities" ? "Identity" : "PSK", word, line);
+        }
+      }
+    } else if (key == "TrustStore") {
+      if (words.size() != 1 || !is_valid_name(words[0])) bad(value, "expected the name of one [TrustStore]");
+      else {
+        rule.trust_store = Reference{std::string(words[0]), line};
+        refer(section, "TrustStore", words[0], line);
+      }
+    } else if (key == "PeerValidation") {
+      if (!rule.peer_validation) rule.peer_validation.emplace();
+      for (std::string_view word : words) {
+        const auto& modes = known_peer_validation_modes();
+        if (std::find(modes.begin(), modes.end(), word) != modes.end())
+          push_unique(*rule.peer_validation, std::string(word));
+        else
+          bad(word, "unknown peer validation mode '" + std::string(word) + "' (known: " + join(modes, ", ") + ")");
+      }
+    } else if (key == "Export") {
+      if (auto flag = boolean(key, value, line)) rule.export_allowed = *flag;
+    } else if (key == "Fallback") {
+      if (auto flag = boolean(key, value, line)) rule.fallback_allowed = *flag;
+    } else if (key == "Action") {
+      if (value == "allow") rule.action = Action::Allow;
+      else if (value == "deny") rule.action = Action::Deny;
+      else bad(value, "'" + std::string(value) + "' is not an action (allow or deny)");
+    }
+  }
+
+  std::string_view text_;
+  const std::string& file_;
+  PolicyData& data_;
+  Declarations& declared_;
+  std::vector<Error>& errors_;
+  FileFacts facts_;
+  std::optional<Section> section_;
+  bool seen_any_header_ = false;
+};
+
+}  // namespace
+
+FileFacts parse_file(std::string_view text, const std::string& file, PolicyData& data, Declarations& declared,
+                     std::vector<Error>& errors) {
+  return FileParser(text, file, data, declared, errors).run();
+}
+
+void resolve_references(const Declarations& declared, std::vector<Error>& errors) {
+  const auto names_of = [](const std::map<std::string, std::string>& declared_names) {
+    std::vector<std::string> names;
+    for (const auto& [name, where] : declared_names) names.push_back(name);
+    return names.empty() ? std::string("none") : join(names, ", ");
+  };
+  for (const PendingReference& ref : declared.references) {
+    const auto& declared_names = ref.kind == "Identity" ? declared.identities
+                                 : ref.kind == "PSK"    ? declared.psks
+                                                        : declared.trust_stores;
+    if (declared_names.count(ref.name)) continue;
+    const std::string rule = ref.rule.empty() ? std::string("this rule") : "Rule '" + ref.rule + "'";
+    errors.push_back({ref.file, ref.line,
+                      rule + " refers to " + ref.kind + " '" + ref.name + "', which is not defined (defined: " +
+                          names_of(declared_names) + ")"});
+  }
+}
+
+}  // namespace tapsec::policy::detail

@@ -1,0 +1,523 @@
+// End to end on this machine's kernel: a real tapsecd on a private bus,
+// applications on loopback TCP, OpenSSL's s_server and s_client as peers.
+// Where the kernel lacks kTLS these run through the userspace fallback, and
+// the tests check that the association says so.
+#include <gtest/gtest.h>
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <fstream>
+#include <memory>
+#include <random>
+#include <thread>
+
+#include "tests/integration/agent/agent_fixture.h"
+
+namespace tapsec::testing {
+namespace {
+
+const char* kPolicy = R"(
+[Identity server]
+Certificate=${DIR}/server.pem
+PrivateKey=${DIR}/server.key
+
+[Identity client]
+Certificate=${DIR}/client.pem
+PrivateKey=${DIR}/client.key
+
+[TrustStore test-ca]
+File=${DIR}/ca.pem
+IncludeSystem=no
+
+[Rule denied-host]
+MatchHost=denied.test
+Action=deny
+
+[Rule no-fallback]
+MatchHost=nofallback.test
+Protocols=tls
+TrustStore=test-ca
+Fallback=no
+Action=allow
+
+[Rule everything]
+Protocols=tls
+Identities=server client
+TrustStore=test-ca
+PeerValidation=system pinned application none
+Export=yes
+Fallback=yes
+Action=allow
+)";
+
+class AgentTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    if (geteuid() != 0) GTEST_SKIP() << "needs root";
+    agent_ = new AgentProcess(kPolicy);
+  }
+  static void TearDownTestSuite() {
+    delete agent_;
+    agent_ = nullptr;
+  }
+  void SetUp() override {
+    if (!agent_) GTEST_SKIP() << "SKIPPED: needs root (the agent installs kernel keys)";
+  }
+  void TearDown() override {
+    if (agent_) EXPECT_TRUE(agent_->agent_running()) << "tapsecd died";
+  }
+
+  struct Pair {
+    CallResult client, server;
+  };
+  // Runs both ends of a handshake through the agent over a loopback pair.
+  Pair secure_pair(const Props& client_props, const Props& server_props) {
+    auto [c, s] = tcp_pair();
+    Pair pair;
+    agent_->secure_socket_async(s, "server", server_props, &pair.server);
+    agent_->secure_socket_async(c, "client", client_props, &pair.client);
+    EXPECT_TRUE(agent_->wait({&pair.client, &pair.server}));
+    close(c);
+    close(s);
+    return pair;
+  }
+  static void close_pair(Pair& pair) {
+    if (pair.client.fd >= 0) close(pair.client.fd);
+    if (pair.server.fd >= 0) close(pair.server.fd);
+    pair.client.fd = pair.server.fd = -1;
+  }
+  static std::string pin() {
+    std::ifstream in(agent_->dir() + "/server.pin");
+    std::string b64;
+    in >> b64;
+    return "sha256/" + b64;
+  }
+  static std::string expected_offload() {
+    return std::ifstream("/proc/net/tls_stat").good() ? "kernel" : "userspace";
+  }
+
+  static AgentProcess* agent_;
+};
+AgentProcess* AgentTest::agent_ = nullptr;
+
+const Props kServer = {{"identity", std::string("server")}};
+const Props kClient = {{"server-name", std::string("server.test")}};
+
+// Sends `size` random bytes each way at once and checks both arrive intact.
+void exchange(int a, int b, std::size_t size) {
+  std::vector<std::uint8_t> from_a(size), from_b(size), got_a(size), got_b(size);
+  std::mt19937 rng(42);
+  for (auto& x : from_a) x = static_cast<std::uint8_t>(rng());
+  for (auto& x : from_b) x = static_cast<std::uint8_t>(rng());
+  std::thread wa([&] { EXPECT_TRUE(write_all(a, from_a.data(), size)); });
+  std::thread wb([&] { EXPECT_TRUE(write_all(b, from_b.data(), size)); });
+  std::thread ra([&] { EXPECT_TRUE(read_exact(a, got_b.data(), size)); });
+  EXPECT_TRUE(read_exact(b, got_a.data(), size));
+  wa.join();
+  wb.join();
+  ra.join();
+  EXPECT_EQ(from_a, got_a);
+  EXPECT_EQ(from_b, got_b);
+}
+
+TEST_F(AgentTest, AgentToAgentTls13CarriesDataBothWays) {
+  auto pair = secure_pair(kClient, kServer);
+  ASSERT_EQ(pair.client.error_name, "") << pair.client.error_message;
+  ASSERT_EQ(pair.server.error_name, "") << pair.server.error_message;
+  exchange(pair.client.fd, pair.server.fd, 4 << 20);
+  const auto& path = pair.client.association;
+  EXPECT_EQ(agent_->get_string(path, "Protocol"), "tls");
+  EXPECT_EQ(agent_->get_string(path, "Version"), "TLSv1.3");
+  EXPECT_EQ(agent_->get_string(path, "Role"), "client");
+  EXPECT_EQ(agent_->get_string(path, "Offload"), expected_offload());
+  EXPECT_NE(agent_->get_string(path, "PeerIdentity").find("server.test"), std::string::npos);
+  EXPECT_EQ(agent_->get_string(pair.server.association, "Role"), "server");
+  close_pair(pair);
+}
+
+// Reads one counter of /proc/net/tls_stat (0 when the kernel has none).
+std::uint64_t tls_stat(const std::string& name) {
+  std::ifstream in("/proc/net/tls_stat");
+  std::string key;
+  std::uint64_t value = 0;
+  while (in >> key >> value)
+    if (key == name) return value;
+  return 0;
+}
+
+std::string ulp_of(int fd) {
+  char name[16] = {};
+  socklen_t len = sizeof(name);
+  if (getsockopt(fd, IPPROTO_TCP, TCP_ULP, name, &len) != 0) return "";
+  return name;
+}
+
+TEST_F(AgentTest, SixtyFourMiBEachWayWithKeysWhereTheyShouldBe) {
+  auto tx_before = tls_stat("TlsTxSw"), rx_before = tls_stat("TlsRxSw");
+  auto pair = secure_pair(kClient, kServer);
+  ASSERT_EQ(pair.client.error_name, "") << pair.client.error_message;
+  ASSERT_EQ(pair.server.error_name, "") << pair.server.error_message;
+  if (expected_offload() == "kernel") {
+    EXPECT_EQ(ulp_of(pair.client.fd), "tls");
+    EXPECT_EQ(ulp_of(pair.server.fd), "tls");
+    EXPECT_GE(tls_stat("TlsTxSw"), tx_before + 2) << "both ends should have installed a kTLS send key";
+    EXPECT_GE(tls_stat("TlsRxSw"), rx_before + 2) << "both ends should have installed a kTLS receive key";
+  } else {
+    EXPECT_EQ(ulp_of(pair.client.fd), "") << "a userspace-protected fd is a socketpair, not TCP";
+  }
+  exchange(pair.client.fd, pair.server.fd, 64 << 20);
+  close_pair(pair);
+}
+
+TEST_F(AgentTest, Tls12WhenAsked) {
+  Props client = kClient;
+  client.push_back({"versions", std::vector<std::string>{"1.2"}});
+  auto pair = secure_pair(client, kServer);
+  ASSERT_EQ(pair.client.error_name, "") << pair.client.error_message;
+  EXPECT_EQ(agent_->get_string(pair.client.association, "Version"), "TLSv1.2");
+  exchange(pair.client.fd, pair.server.fd, 1 << 20);
+  close_pair(pair);
+}
+
+TEST_F(AgentTest, SecondConnectionResumes) {
+  auto first = secure_pair(kClient, kServer);
+  ASSERT_EQ(first.client.error_name, "") << first.client.error_message;
+  exchange(first.client.fd, first.server.fd, 1024);  // the tickets have arrived by now
+  EXPECT_FALSE(agent_->get_bool(first.client.association, "Resumed"));
+  close_pair(first);
+  auto second = secure_pair(kClient, kServer);
+  ASSERT_EQ(second.client.error_name, "") << second.client.error_message;
+  EXPECT_TRUE(agent_->get_bool(second.client.association, "Resumed"));
+  exchange(second.client.fd, second.server.fd, 1024);
+  close_pair(second);
+}
+
+TEST_F(AgentTest, AlpnIsNegotiated) {
+  Props client = kClient, server = kServer;
+  client.push_back({"alpn", std::vector<std::string>{"h2", "http/1.1"}});
+  server.push_back({"alpn", std::vector<std::string>{"http/1.1"}});
+  auto pair = secure_pair(client, server);
+  ASSERT_EQ(pair.client.error_name, "") << pair.client.error_message;
+  EXPECT_EQ(agent_->get_string(pair.client.association, "ALPN"), "http/1.1");
+  EXPECT_EQ(agent_->get_string(pair.server.association, "ALPN"), "http/1.1");
+  close_pair(pair);
+}
+
+TEST_F(AgentTest, AlpnMismatchFailsTheHandshake) {
+  Props client = kClient, server = kServer;
+  client.push_back({"alpn", std::vector<std::string>{"h2"}});
+  server.push_back({"alpn", std::vector<std::string>{"imap"}});
+  auto pair = secure_pair(client, server);
+  EXPECT_EQ(pair.server.error_name, "org.tapsec1.Error.HandshakeFailed");
+  EXPECT_NE(pair.client.error_name, "");
+  close_pair(pair);
+}
+
+TEST_F(AgentTest, PinnedPeerIsAcceptedAndWrongPinRejected) {
+  Props pinned = {{"server-name", std::string("server.test")},
+                  {"peer-validation", std::string("pinned")},
+                  {"peer-pins", std::vector<std::string>{pin()}}};
+  auto good = secure_pair(pinned, kServer);
+  EXPECT_EQ(good.client.error_name, "") << good.client.error_message;
+  close_pair(good);
+
+  Props wrong = {{"server-name", std::string("server.test")},
+                 {"peer-validation", std::string("pinned")},
+                 {"peer-pins", std::vector<std::string>{"sha256/AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="}}};
+  auto bad = secure_pair(wrong, kServer);
+  EXPECT_EQ(bad.client.error_name, "org.tapsec1.Error.PeerNotValidated") << bad.client.error_message;
+  close_pair(bad);
+}
+
+TEST_F(AgentTest, WrongHostNameIsRejected) {
+  Props client = {{"server-name", std::string("other.test")}};
+  auto pair = secure_pair(client, kServer);
+  EXPECT_EQ(pair.client.error_name, "org.tapsec1.Error.PeerNotValidated") << pair.client.error_message;
+  close_pair(pair);
+}
+
+// The application's own validator, exported on the test's bus connection.
+struct Validator {
+  bool accept = true;
+  int calls = 0;
+  std::string server_name;
+  std::size_t chain_length = 0;
+};
+
+int validate_peer(sd_bus_message* m, void* userdata, sd_bus_error*) {
+  auto* v = static_cast<Validator*>(userdata);
+  const char* protocol = nullptr;
+  const char* server_name = nullptr;
+  sd_bus_message_read(m, "ss", &protocol, &server_name);
+  v->server_name = server_name;
+  sd_bus_message_enter_container(m, 'a', "ay");
+  const void* data;
+  size_t size;
+  while (sd_bus_message_read_array(m, 'y', &data, &size) > 0) ++v->chain_length;
+  sd_bus_message_exit_container(m);
+  ++v->calls;
+  return sd_bus_reply_method_return(m, "bs", v->accept, v->accept ? "" : "the test says no");
+}
+
+const sd_bus_vtable kValidatorVtable[] = {
+    SD_BUS_VTABLE_START(0),
+    SD_BUS_METHOD("ValidatePeer", "ssaay", "bs", validate_peer, SD_BUS_VTABLE_UNPRIVILEGED),
+    SD_BUS_VTABLE_END};
+
+TEST_F(AgentTest, ApplicationValidatorDecides) {
+  Validator validator;
+  sd_bus_slot* slot = nullptr;
+  ASSERT_GE(sd_bus_add_object_vtable(agent_->bus(), &slot, "/test/validator", "org.tapsec1.PeerValidator",
+                                     kValidatorVtable, &validator),
+            0);
+  Props client = {{"server-name", std::string("server.test")},
+                  {"peer-validation", std::string("application")},
+                  {"validator", ObjectPath{"/test/validator"}}};
+  auto pair = secure_pair(client, kServer);
+  EXPECT_EQ(pair.client.error_name, "") << pair.client.error_message;
+  EXPECT_EQ(validator.calls, 1);
+  EXPECT_EQ(validator.server_name, "server.test");
+  EXPECT_GE(validator.chain_length, 1u);
+  close_pair(pair);
+
+  validator.accept = false;
+  auto rejected = secure_pair(client, kServer);
+  EXPECT_EQ(rejected.client.error_name, "org.tapsec1.Error.PeerNotValidated") << rejected.client.error_message;
+  EXPECT_EQ(validator.calls, 2);
+  close_pair(rejected);
+  sd_bus_slot_unref(slot);
+}
+
+TEST_F(AgentTest, ExportedKeysMatchAndNeedPermission) {
+  Props client = kClient, server = kServer;
+  client.push_back({"export", true});
+  server.push_back({"export", true});
+  auto pair = secure_pair(client, server);
+  ASSERT_EQ(pair.client.error_name, "") << pair.client.error_message;
+  std::string error;
+  auto a = agent_->export_keying_material(pair.client.association, "EXPORTER-tapsec-test", 32, &error);
+  EXPECT_EQ(error, "");
+  auto b = agent_->export_keying_material(pair.server.association, "EXPORTER-tapsec-test", 32, &error);
+  EXPECT_EQ(error, "");
+  EXPECT_EQ(a.size(), 32u);
+  EXPECT_EQ(a, b);
+  close_pair(pair);
+
+  auto plain = secure_pair(kClient, kServer);
+  ASSERT_EQ(plain.client.error_name, "");
+  agent_->export_keying_material(plain.client.association, "EXPORTER-tapsec-test", 32, &error);
+  EXPECT_EQ(error, "org.tapsec1.Error.ExportDenied");
+  close_pair(plain);
+}
+
+TEST_F(AgentTest, TerminateSendsCloseNotify) {
+  auto pair = secure_pair(kClient, kServer);
+  ASSERT_EQ(pair.client.error_name, "") << pair.client.error_message;
+  EXPECT_EQ(agent_->call_association(pair.client.association, "Terminate", ""), "");
+  char byte;
+  EXPECT_EQ(read(pair.server.fd, &byte, 1), 0) << "the server side should see the end of the stream";
+  close_pair(pair);
+}
+
+TEST_F(AgentTest, UpdateKeysKeepsTheConnectionWorking) {
+  auto pair = secure_pair(kClient, kServer);
+  ASSERT_EQ(pair.client.error_name, "") << pair.client.error_message;
+  auto error = agent_->call_association(pair.client.association, "UpdateKeys", "b", 1);
+  if (expected_offload() == "userspace") {
+    EXPECT_EQ(error, "");
+    exchange(pair.client.fd, pair.server.fd, 1 << 20);
+    EXPECT_EQ(agent_->get_u64(pair.client.association, "KeyEpoch"), 1u);
+  } else {
+    EXPECT_TRUE(error == "" || error == "org.tapsec1.Error.KernelUnsupported") << error;
+  }
+  close_pair(pair);
+}
+
+TEST_F(AgentTest, BadInputGetsNamedErrors) {
+  auto expect_error = [](int fd, const std::string& role, const Props& props, const std::string& expected) {
+    CallResult result;
+    agent_->secure_socket_async(fd, role, props, &result);
+    ASSERT_TRUE(agent_->wait({&result}));
+    EXPECT_EQ(result.error_name, expected) << result.error_message;
+    EXPECT_FALSE(result.error_message.empty());
+    if (result.fd >= 0) close(result.fd);
+  };
+  auto [c, s] = tcp_pair();
+  expect_error(c, "client", {{"no-such-key", std::string("x")}}, "org.tapsec1.Error.UnknownProperty");
+  expect_error(c, "client", {{"server-name", true}}, "org.tapsec1.Error.InvalidArgument");
+  expect_error(c, "juggler", kClient, "org.tapsec1.Error.InvalidArgument");
+  expect_error(c, "client", {{"server-name", std::string("denied.test")}}, "org.tapsec1.Error.PolicyDenied");
+  expect_error(c, "client", {{"server-name", std::string("server.test")}, {"protocols", std::vector<std::string>{"ikev2"}}},
+               "org.tapsec1.Error.NotSupported");
+  if (expected_offload() == "userspace") {
+    expect_error(c, "client", {{"server-name", std::string("server.test")}, {"offload", std::string("required")}},
+                 "org.tapsec1.Error.KernelUnsupported");
+    expect_error(c, "client", {{"server-name", std::string("nofallback.test")}}, "org.tapsec1.Error.KernelUnsupported");
+  }
+  close(c);
+  close(s);
+
+  int unix_pair[2];
+  socketpair(AF_UNIX, SOCK_STREAM, 0, unix_pair);
+  expect_error(unix_pair[0], "client", kClient, "org.tapsec1.Error.BadSocket");
+  close(unix_pair[0]);
+  close(unix_pair[1]);
+  int unconnected = socket(AF_INET, SOCK_STREAM, 0);
+  expect_error(unconnected, "client", kClient, "org.tapsec1.Error.BadSocket");
+  close(unconnected);
+}
+
+TEST_F(AgentTest, GarbageFromThePeerFailsCleanly) {
+  auto [c, s] = tcp_pair();
+  CallResult server;
+  agent_->secure_socket_async(s, "server", kServer, &server);
+  const char garbage[] = "GET / HTTP/1.0\r\nHost: example\r\n\r\n";
+  write_all(c, garbage, sizeof(garbage) - 1);
+  ASSERT_TRUE(agent_->wait({&server}));
+  EXPECT_EQ(server.error_name, "org.tapsec1.Error.HandshakeFailed") << server.error_message;
+  close(c);
+  close(s);
+}
+
+TEST_F(AgentTest, NoFdLeaksOverManyConnections) {
+  // Settle what earlier tests left behind.
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  auto before = agent_->agent_fd_count();
+  for (int i = 0; i < 20; ++i) {
+    auto pair = secure_pair(kClient, kServer);
+    ASSERT_EQ(pair.client.error_name, "") << pair.client.error_message;
+    exchange(pair.client.fd, pair.server.fd, 4096);
+    close_pair(pair);
+  }
+  std::size_t after = 0;
+  for (int i = 0; i < 50; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    after = agent_->agent_fd_count();
+    if (after <= before) break;
+  }
+  EXPECT_LE(after, before);
+}
+
+// --- against OpenSSL's own tools ---------------------------------------
+
+struct Child {
+  pid_t pid = -1;
+  int in = -1, out = -1;
+  ~Child() {
+    if (in >= 0) close(in);
+    if (out >= 0) close(out);
+    if (pid > 0) {
+      kill(pid, SIGTERM);
+      waitpid(pid, nullptr, 0);
+    }
+  }
+};
+
+std::unique_ptr<Child> spawn_with_pipes(const std::vector<std::string>& argv) {
+  int to_child[2], from_child[2];
+  if (pipe2(to_child, O_CLOEXEC) != 0 || pipe2(from_child, O_CLOEXEC) != 0) return nullptr;
+  auto child = std::make_unique<Child>();
+  child->pid = fork();
+  if (child->pid == 0) {
+    dup2(to_child[0], 0);
+    dup2(from_child[1], 1);
+    std::vector<char*> args;
+    for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+    args.push_back(nullptr);
+    execvp(args[0], args.data());
+    _exit(127);
+  }
+  close(to_child[0]);
+  close(from_child[1]);
+  child->in = to_child[1];
+  child->out = from_child[0];
+  return child;
+}
+
+std::string read_line(int fd, int timeout_ms = 10000) {
+  std::string line;
+  char ch;
+  while (true) {
+    pollfd p{fd, POLLIN, 0};
+    if (poll(&p, 1, timeout_ms) <= 0) break;
+    if (read(fd, &ch, 1) != 1) break;
+    if (ch == '\n') break;
+    line += ch;
+  }
+  return line;
+}
+
+TEST_F(AgentTest, ConnectToOpensslServer) {
+  const std::string dir = agent_->dir();
+  auto server = spawn_with_pipes({"openssl", "s_server", "-accept", "127.0.0.1:24433", "-cert",
+                                  dir + "/server.pem", "-key", dir + "/server.key", "-rev", "-quiet"});
+  ASSERT_TRUE(server);
+  CallResult result;
+  for (int attempt = 0; attempt < 50; ++attempt) {
+    result = CallResult{};
+    agent_->connect_async("127.0.0.1", 24433, kClient, &result);
+    ASSERT_TRUE(agent_->wait({&result}));
+    if (result.error_name.empty()) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));  // s_server still starting
+  }
+  ASSERT_EQ(result.error_name, "") << result.error_message;
+  EXPECT_EQ(agent_->get_string(result.association, "Offload"), expected_offload());
+  const char line[] = "hello tapsec\n";
+  ASSERT_TRUE(write_all(result.fd, line, sizeof(line) - 1));
+  std::string reply;
+  char ch;
+  while (read(result.fd, &ch, 1) == 1 && ch != '\n') reply += ch;
+  EXPECT_EQ(reply, "cespat olleh");
+  close(result.fd);
+}
+
+TEST_F(AgentTest, OpensslClientToAgentServer) {
+  const std::string dir = agent_->dir();
+  int listener = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  int one = 1;
+  setsockopt(listener, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  address.sin_port = htons(24434);
+  ASSERT_EQ(bind(listener, reinterpret_cast<sockaddr*>(&address), sizeof(address)), 0);
+  listen(listener, 1);
+  auto client = spawn_with_pipes({"openssl", "s_client", "-connect", "127.0.0.1:24434", "-CAfile", dir + "/ca.pem",
+                                  "-servername", "server.test", "-verify_return_error", "-quiet"});
+  ASSERT_TRUE(client);
+  int s = accept4(listener, nullptr, nullptr, SOCK_CLOEXEC);
+  close(listener);
+  ASSERT_GE(s, 0);
+  CallResult result;
+  agent_->secure_socket_async(s, "server", kServer, &result);
+  ASSERT_TRUE(agent_->wait({&result}));
+  close(s);
+  ASSERT_EQ(result.error_name, "") << result.error_message;
+  const char line[] = "hello from the agent\n";
+  ASSERT_TRUE(write_all(result.fd, line, sizeof(line) - 1));
+  EXPECT_EQ(read_line(client->out), "hello from the agent");
+  const char back[] = "and back\n";
+  ASSERT_TRUE(write_all(client->in, back, sizeof(back) - 1));
+  std::string reply;
+  char ch;
+  while (read(result.fd, &ch, 1) == 1 && ch != '\n') reply += ch;
+  EXPECT_EQ(reply, "and back");
+  close(result.fd);
+}
+
+TEST_F(AgentTest, CleanShutdownOnSigterm) {
+  // Last: a fresh agent, stopped, must exit 0.
+  AgentProcess other(kPolicy);
+  EXPECT_EQ(other.stop_agent(), 0);
+}
+
+}  // namespace
+}  // namespace tapsec::testing

@@ -1,0 +1,114 @@
+# Two test hosts in network namespaces, each with its own private D-Bus
+# daemon and tapsecd, joined by a veth pair. Sourced by scripts/demo and the
+# host integration tests.
+#
+#   hosts_up BUILD_DIR        creates hosts "alpha" (192.0.2.1) and "beta" (192.0.2.2)
+#   on_host NAME CMD...       runs CMD inside host NAME with TAPSEC_BUS set
+#   hosts_down                stops everything and removes the namespaces
+#
+# The addresses are from TEST-NET-1 (RFC 5737) and exist only inside the
+# namespaces these functions create.
+
+HOSTS_PREFIX=${HOSTS_PREFIX:-tapsec$$}
+HOSTS_DIR=${HOSTS_DIR:-$(mktemp -d /tmp/tapsec-hosts.XXXXXX)}
+declare -A HOST_ADDRESS=([alpha]=192.0.2.1 [beta]=192.0.2.2)
+
+hosts_make_pki() {  # certificates for both hosts, from one test CA
+  local d=$HOSTS_DIR/pki
+  mkdir -p "$d"
+  (
+    cd "$d" || exit 1
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ca.key -out ca.pem \
+      -days 2 -subj /CN=tapsec-demo-ca 2>/dev/null
+    for h in alpha beta; do
+      openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout $h.key -out $h.csr \
+        -subj "/CN=$h.test" 2>/dev/null
+      printf 'subjectAltName=DNS:%s.test,IP:%s\n' $h "${HOST_ADDRESS[$h]}" >$h.ext
+      openssl x509 -req -in $h.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out $h.pem -days 2 \
+        -extfile $h.ext 2>/dev/null
+    done
+    chmod 600 ./*.key
+  )
+}
+
+hosts_write_policy() {  # HOST: a policy that lets local users use TLS with the host's identity
+  local h=$1 d=$HOSTS_DIR/$1/policy.d
+  mkdir -p "$d"
+  cat >"$d/50-demo.policy" <<POLICY
+[Identity $h]
+Certificate=$HOSTS_DIR/pki/$h.pem
+PrivateKey=$HOSTS_DIR/pki/$h.key
+
+[TrustStore demo-ca]
+File=$HOSTS_DIR/pki/ca.pem
+IncludeSystem=no
+
+[Rule demo]
+Protocols=tls
+Identities=$h
+TrustStore=demo-ca
+Fallback=${TAPSEC_FALLBACK:-yes}
+Export=yes
+Action=allow
+POLICY
+}
+
+hosts_up() {
+  local build=$1 h
+  hosts_make_pki
+  ip netns add "${HOSTS_PREFIX}-alpha"
+  ip netns add "${HOSTS_PREFIX}-beta"
+  ip link add "${HOSTS_PREFIX:0:8}a" netns "${HOSTS_PREFIX}-alpha" type veth peer name "${HOSTS_PREFIX:0:8}b" \
+    netns "${HOSTS_PREFIX}-beta"
+  for h in alpha beta; do
+    local ns="${HOSTS_PREFIX}-$h" dev
+    [[ $h == alpha ]] && dev="${HOSTS_PREFIX:0:8}a" || dev="${HOSTS_PREFIX:0:8}b"
+    ip -n "$ns" link set lo up
+    ip -n "$ns" addr add "${HOST_ADDRESS[$h]}/24" dev "$dev"
+    ip -n "$ns" link set "$dev" up
+    mkdir -p "$HOSTS_DIR/$h"
+    hosts_write_policy "$h"
+    cat >"$HOSTS_DIR/$h/bus.conf" <<CONF
+<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>session</type>
+  <listen>unix:path=$HOSTS_DIR/$h/bus</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow send_destination="*"/>
+    <allow own="*"/>
+  </policy>
+</busconfig>
+CONF
+    dbus-daemon --config-file="$HOSTS_DIR/$h/bus.conf" --fork --print-pid >"$HOSTS_DIR/$h/bus.pid"
+    ip netns exec "$ns" "$build/agent/tapsecd" --bus "unix:path=$HOSTS_DIR/$h/bus" \
+      --policy-dir "$HOSTS_DIR/$h/policy.d" 2>"$HOSTS_DIR/$h/tapsecd.log" &
+    echo $! >"$HOSTS_DIR/$h/tapsecd.pid"
+  done
+  for h in alpha beta; do  # wait until each agent owns its name
+    local i
+    for i in $(seq 100); do
+      on_host "$h" "$build/dbus/tapsecctl/tapsecctl" --bus "unix:path=$HOSTS_DIR/$h/bus" status >/dev/null 2>&1 && break
+      sleep 0.1
+    done
+  done
+}
+
+on_host() {
+  local h=$1
+  shift
+  TAPSEC_BUS="unix:path=$HOSTS_DIR/$h/bus" ip netns exec "${HOSTS_PREFIX}-$h" "$@"
+}
+
+hosts_down() {
+  local h
+  for h in alpha beta; do
+    [[ -f $HOSTS_DIR/$h/tapsecd.pid ]] && kill "$(cat "$HOSTS_DIR/$h/tapsecd.pid")" 2>/dev/null
+    [[ -f $HOSTS_DIR/$h/bus.pid ]] && kill "$(cat "$HOSTS_DIR/$h/bus.pid")" 2>/dev/null
+    ip netns pids "${HOSTS_PREFIX}-$h" 2>/dev/null | xargs -r kill 2>/dev/null
+    ip netns del "${HOSTS_PREFIX}-$h" 2>/dev/null
+  done
+  wait 2>/dev/null
+  [[ -n ${TAPSEC_KEEP_HOSTS_DIR:-} ]] || rm -rf "$HOSTS_DIR"
+}

@@ -1,0 +1,304 @@
+// FAKE agent, for the clients' marshalling tests only (see fake_agent.h).
+#include "tests/unit/clients/fake_agent.h"
+
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstring>
+
+namespace tapsec::testing {
+
+using ctl::MessagePtr;
+using ctl::Value;
+
+std::vector<std::uint8_t> FakeAgent::fake_export(const std::string& label, const std::vector<std::uint8_t>& context,
+                                                 std::uint32_t length) {
+  std::vector<std::uint8_t> out(length);
+  for (std::uint32_t i = 0; i < length; i++)
+    out[i] = static_cast<std::uint8_t>(i * 7 + label.size() * 13 + context.size() * 31);
+  return out;
+}
+
+FakeAgent::Request FakeAgent::last_request() {
+  std::lock_guard lock(mutex_);
+  return last_request_;
+}
+
+std::vector<std::string> FakeAgent::association_calls() {
+  std::lock_guard lock(mutex_);
+  return association_calls_;
+}
+
+// Reads the a{sv} props; with a "validator", calls back into the caller as
+// the real agent would in the middle of a handshake; then replies (h, o).
+int FakeAgent::finish_request(sd_bus_message* m, Request& request, int fd, sd_bus_error* error) {
+  int r = ctl::read_property_dict(m, request.props);
+  if (r < 0) return r;
+  request.signature = sd_bus_message_get_signature(m, 1);
+  struct stat st {};
+  if (fstat(fd, &st) == 0) request.socket_inode = st.st_ino;
+
+  const Value* identity = ctl::find_property(request.props, "identity");
+  if (identity && identity->text == "missing") {
+    std::lock_guard lock(mutex_);
+    last_request_ = request;
+    return sd_bus_error_set(error, "org.tapsec1.Error.NoSuchIdentity", "No identity \"missing\" is defined");
+  }
+
+  if (const Value* validator = ctl::find_property(request.props, "validator")) {
+    const Value* server_name = ctl::find_property(request.props, "server-name");
+    sd_bus_message* call = nullptr;
+    r = sd_bus_message_new_method_call(bus_.get(), &call, sd_bus_message_get_sender(m), validator->text.c_str(),
+                                       "org.tapsec1.PeerValidator", "ValidatePeer");
+    MessagePtr owned_call(call);
+    if (r >= 0) r = sd_bus_message_append(call, "ss", "tls", server_name ? server_name->text.c_str() : "");
+    if (r >= 0) r = sd_bus_message_open_container(call, 'a', "ay");
+    const char leaf[] = "fake leaf certificate";
+    const char issuer[] = "fake issuer";
+    if (r >= 0) r = sd_bus_message_append_array(call, 'y', leaf, sizeof(leaf) - 1);
+    if (r >= 0) r = sd_bus_message_append_array(call, 'y', issuer, sizeof(issuer) - 1);
+    if (r >= 0) r = sd_bus_message_close_container(call);
+    sd_bus_message* reply = nullptr;
+    ctl::BusError call_error;
+    if (r >= 0) r = sd_bus_call(bus_.get(), call, 5 * 1000 * 1000, call_error.get(), &reply);
+    MessagePtr owned_reply(reply);
+    request.validator_called = true;
+    int accept = 0;
+    const char* reason = "";
+    if (r >= 0) r = sd_bus_message_read(reply, "bs", &accept, &reason);
+    request.validator_accepted = r >= 0 && accept;
+    request.validator_reason = r >= 0 ? reason : call_error.message();
+    {
+      std::lock_guard lock(mutex_);
+      last_request_ = request;
+    }
+    if (!request.validator_accepted)
+      return sd_bus_error_setf(error, "org.tapsec1.Error.PeerNotValidated", "The application rejected the peer: %s",
+                               request.validator_reason.c_str());
+  } else {
+    std::lock_guard lock(mutex_);
+    last_request_ = request;
+  }
+  return sd_bus_reply_method_return(m, "ho", fd, kAssociationPath);
+}
+
+int FakeAgent::on_secure_socket(sd_bus_message* m, void* userdata, sd_bus_error* error) {
+  auto* self = static_cast<FakeAgent*>(userdata);
+  Request request;
+  request.method = "SecureSocket";
+  int fd = -1;
+  const char* role = nullptr;
+  int r = sd_bus_message_read(m, "hs", &fd, &role);
+  if (r < 0) return r;
+  request.role = role;
+  return self->finish_request(m, request, fd, error);
+}
+
+int FakeAgent::on_connect(sd_bus_message* m, void* userdata, sd_bus_error* error) {
+  auto* self = static_cast<FakeAgent*>(userdata);
+  Request request;
+  request.method = "Connect";
+  const char* host = nullptr;
+  std::uint16_t port = 0;
+  int r = sd_bus_message_read(m, "sq", &host, &port);
+  if (r < 0) return r;
+  request.host = host;
+  request.port = port;
+  int pair[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) < 0) return -errno;
+  const std::string greeting = "hello " + request.host + ":" + std::to_string(port) + "\n";
+  if (write(pair[1], greeting.data(), greeting.size()) < 0) return -errno;
+  shutdown(pair[1], SHUT_WR);
+  {
+    std::lock_guard lock(self->mutex_);
+    self->peer_ends_.push_back(pair[1]);
+  }
+  r = self->finish_request(m, request, pair[0], error);
+  close(pair[0]);
+  return r;
+}
+
+int FakeAgent::on_list(sd_bus_message* m, void*, sd_bus_error*) {
+  return sd_bus_reply_method_return(m, "ao", 1, kAssociationPath);
+}
+
+int FakeAgent::on_flush(sd_bus_message* m, void*, sd_bus_error*) {
+  return sd_bus_reply_method_return(m, "u", 7u);
+}
+
+int FakeAgent::on_update_keys(sd_bus_message* m, void* userdata, sd_bus_error*) {
+  auto* self = static_cast<FakeAgent*>(userdata);
+  int request_peer = 0;
+  int r = sd_bus_message_read(m, "b", &request_peer);
+  if (r < 0) return r;
+  std::uint64_t epoch;
+  {
+    std::lock_guard lock(self->mutex_);
+    self->association_calls_.push_back(request_peer ? "UpdateKeys(true)" : "UpdateKeys(false)");
+    epoch = ++self->key_epoch_;
+  }
+  sd_bus_emit_signal(sd_bus_message_get_bus(m), kAssociationPath, "org.tapsec1.Association", "KeysUpdated", "t",
+                     epoch);
+  return sd_bus_reply_method_return(m, "");
+}
+
+int FakeAgent::on_export(sd_bus_message* m, void* userdata, sd_bus_error* error) {
+  auto* self = static_cast<FakeAgent*>(userdata);
+  const char* label = nullptr;
+  const void* context = nullptr;
+  size_t context_size = 0;
+  std::uint32_t length = 0;
+  int r = sd_bus_message_read(m, "s", &label);
+  if (r >= 0) r = sd_bus_message_read_array(m, 'y', &context, &context_size);
+  if (r >= 0) r = sd_bus_message_read(m, "u", &length);
+  if (r < 0) return r;
+  {
+    std::lock_guard lock(self->mutex_);
+    self->association_calls_.push_back("ExportKeyingMaterial(" + std::string(label) + "," +
+                                       std::to_string(context_size) + "," + std::to_string(length) + ")");
+  }
+  if (std::string(label) == "denied")
+    return sd_bus_error_set(error, "org.tapsec1.Error.ExportDenied", "Policy does not allow key export here");
+  const auto* bytes = static_cast<const std::uint8_t*>(context);
+  auto material = fake_export(label, std::vector<std::uint8_t>(bytes, bytes + context_size), length);
+  sd_bus_message* reply = nullptr;
+  r = sd_bus_message_new_method_return(m, &reply);
+  MessagePtr owned(reply);
+  if (r >= 0) r = sd_bus_message_append_array(reply, 'y', material.data(), material.size());
+  if (r >= 0) r = sd_bus_send(nullptr, reply, nullptr);
+  return r;
+}
+
+int FakeAgent::on_terminate(sd_bus_message* m, void* userdata, sd_bus_error*) {
+  auto* self = static_cast<FakeAgent*>(userdata);
+  {
+    std::lock_guard lock(self->mutex_);
+    self->association_calls_.push_back("Terminate()");
+  }
+  sd_bus_emit_signal(sd_bus_message_get_bus(m), kAssociationPath, "org.tapsec1.Association", "Terminated", "s",
+                     "requested by the application");
+  return sd_bus_reply_method_return(m, "");
+}
+
+int FakeAgent::get_property(sd_bus*, const char*, const char* interface, const char* property,
+                            sd_bus_message* reply, void* userdata, sd_bus_error*) {
+  auto* self = static_cast<FakeAgent*>(userdata);
+  const std::string name = property;
+  const bool manager = std::string(interface) == "org.tapsec1.Manager";
+  if (manager && name == "Version") return sd_bus_message_append(reply, "s", "0.1.0-fake");
+  if (name == "KernelFeatures") return sd_bus_message_append(reply, "as", 2, "ktls", "ktls-rekey");
+  if (name == "SessionCacheEntries") return sd_bus_message_append(reply, "u", 7u);
+  if (name == "SessionCacheCapacity") return sd_bus_message_append(reply, "u", 1024u);
+  // Association
+  static const std::map<std::string, std::string> strings = {
+      {"Protocol", "tls"},
+      {"Version", "TLSv1.3"},
+      {"Cipher", "TLS_AES_128_GCM_SHA256"},
+      {"Group", "X25519"},
+      {"Role", "client"},
+      {"LocalIdentity", ""},
+      {"PeerIdentity", "CN=example.com \"quoted\""},
+      {"ServerName", "example.com"},
+      {"ALPN", "h2"},
+      {"Offload", "kernel"},
+      {"State", "established"},
+      {"LocalAddress", "192.0.2.1:40000"},
+      {"PeerAddress", "192.0.2.2:443"},
+  };
+  if (auto it = strings.find(name); it != strings.end()) return sd_bus_message_append(reply, "s", it->second.c_str());
+  if (name == "Resumed") return sd_bus_message_append(reply, "b", 1);
+  if (name == "OwnerUid") return sd_bus_message_append(reply, "u", 1000u);
+  if (name == "KeyEpoch") {
+    std::lock_guard lock(self->mutex_);
+    return sd_bus_message_append(reply, "t", self->key_epoch_);
+  }
+  if (name == "BytesSent") return sd_bus_message_append(reply, "t", std::uint64_t{123456});
+  if (name == "BytesReceived") return sd_bus_message_append(reply, "t", std::uint64_t{789});
+  if (name == "RecordsSent" || name == "RecordsReceived") return sd_bus_message_append(reply, "t", std::uint64_t{3});
+  if (name == "ExpiresAt") return sd_bus_message_append(reply, "t", std::uint64_t{0});
+  if (name == "CreatedAt") return sd_bus_message_append(reply, "t", std::uint64_t{1700000000000000});
+  return -ENOENT;
+}
+
+bool FakeAgent::start() {
+  static const sd_bus_vtable manager_vtable[] = {
+      SD_BUS_VTABLE_START(0),
+      SD_BUS_METHOD("SecureSocket", "hsa{sv}", "ho", on_secure_socket, SD_BUS_VTABLE_UNPRIVILEGED),
+      SD_BUS_METHOD("Connect", "sqa{sv}", "ho", on_connect, SD_BUS_VTABLE_UNPRIVILEGED),
+      SD_BUS_METHOD("ListAssociations", "", "ao", on_list, SD_BUS_VTABLE_UNPRIVILEGED),
+      SD_BUS_METHOD("FlushSessionCache", "", "u", on_flush, SD_BUS_VTABLE_UNPRIVILEGED),
+      SD_BUS_PROPERTY("Version", "s", get_property, 0, SD_BUS_VTABLE_PROPERTY_CONST),
+      SD_BUS_PROPERTY("KernelFeatures", "as", get_property, 0, SD_BUS_VTABLE_PROPERTY_CONST),
+      SD_BUS_PROPERTY("SessionCacheEntries", "u", get_property, 0, 0),
+      SD_BUS_PROPERTY("SessionCacheCapacity", "u", get_property, 0, 0),
+      SD_BUS_VTABLE_END,
+  };
+#define FAKE_PROPERTY(name, type) SD_BUS_PROPERTY(name, type, get_property, 0, 0)
+  static const sd_bus_vtable association_vtable[] = {
+      SD_BUS_VTABLE_START(0),
+      FAKE_PROPERTY("Protocol", "s"),
+      FAKE_PROPERTY("Version", "s"),
+      FAKE_PROPERTY("Cipher", "s"),
+      FAKE_PROPERTY("Group", "s"),
+      FAKE_PROPERTY("Role", "s"),
+      FAKE_PROPERTY("LocalIdentity", "s"),
+      FAKE_PROPERTY("PeerIdentity", "s"),
+      FAKE_PROPERTY("ServerName", "s"),
+      FAKE_PROPERTY("ALPN", "s"),
+      FAKE_PROPERTY("Resumed", "b"),
+      FAKE_PROPERTY("Offload", "s"),
+      FAKE_PROPERTY("KeyEpoch", "t"),
+      FAKE_PROPERTY("BytesSent", "t"),
+      FAKE_PROPERTY("BytesReceived", "t"),
+      FAKE_PROPERTY("RecordsSent", "t"),
+      FAKE_PROPERTY("RecordsReceived", "t"),
+      FAKE_PROPERTY("ExpiresAt", "t"),
+      FAKE_PROPERTY("State", "s"),
+      FAKE_PROPERTY("LocalAddress", "s"),
+      FAKE_PROPERTY("PeerAddress", "s"),
+      FAKE_PROPERTY("OwnerUid", "u"),
+      FAKE_PROPERTY("CreatedAt", "t"),
+      SD_BUS_METHOD("UpdateKeys", "b", "", on_update_keys, SD_BUS_VTABLE_UNPRIVILEGED),
+      SD_BUS_METHOD("ExportKeyingMaterial", "sayu", "ay", on_export, SD_BUS_VTABLE_UNPRIVILEGED),
+      SD_BUS_METHOD("Terminate", "", "", on_terminate, SD_BUS_VTABLE_UNPRIVILEGED),
+      SD_BUS_SIGNAL("KeysUpdated", "t", 0),
+      SD_BUS_SIGNAL("Terminated", "s", 0),
+      SD_BUS_VTABLE_END,
+  };
+#undef FAKE_PROPERTY
+  if (ctl::open_bus(address_, bus_) < 0) return false;
+  if (sd_bus_add_object_vtable(bus_.get(), nullptr, "/org/tapsec1", "org.tapsec1.Manager", manager_vtable, this) < 0)
+    return false;
+  if (sd_bus_add_object_vtable(bus_.get(), nullptr, kAssociationPath, "org.tapsec1.Association", association_vtable,
+                               this) < 0)
+    return false;
+  if (sd_bus_add_object_manager(bus_.get(), nullptr, "/org/tapsec1") < 0) return false;
+  if (sd_bus_request_name(bus_.get(), "org.tapsec1", 0) < 0) return false;
+  thread_ = std::thread([this] { serve(); });
+  return true;
+}
+
+void FakeAgent::serve() {
+  while (!stopping_) {
+    int r = sd_bus_process(bus_.get(), nullptr);
+    if (r < 0) break;
+    if (r > 0) continue;
+    sd_bus_wait(bus_.get(), 50 * 1000);
+  }
+}
+
+void FakeAgent::stop() {
+  if (thread_.joinable()) {
+    stopping_ = true;
+    thread_.join();
+  }
+  if (bus_) {
+    sd_bus_release_name(bus_.get(), "org.tapsec1");
+    bus_.reset();
+  }
+  for (int fd : peer_ends_) close(fd);
+  peer_ends_.clear();
+}
+
+}  // namespace tapsec::testing
