@@ -56,8 +56,10 @@ std::optional<std::uint64_t> association_id_from_path(std::string_view path) {
 namespace {
 
 constexpr std::uint64_t kCredsMask = SD_BUS_CREDS_EUID | SD_BUS_CREDS_EGID | SD_BUS_CREDS_SUPPLEMENTARY_GIDS |
-                                     SD_BUS_CREDS_PID | SD_BUS_CREDS_UNIT | SD_BUS_CREDS_CGROUP |
-                                     SD_BUS_CREDS_UNIQUE_NAME | SD_BUS_CREDS_AUGMENT;
+                                     SD_BUS_CREDS_PID | SD_BUS_CREDS_UNIQUE_NAME | SD_BUS_CREDS_AUGMENT;
+// Unit and cgroup come from the cgroup file system, which a container or
+// `ip netns exec` may not have mounted: asked for apart, and optional.
+constexpr std::uint64_t kCgroupCredsMask = SD_BUS_CREDS_UNIT | SD_BUS_CREDS_CGROUP | SD_BUS_CREDS_AUGMENT;
 
 int reply_error(sd_bus_message* call, const BusError& e) {
   const char* name = error::is_valid_error_name(e.name) ? e.name.c_str() : error::kInternal;
@@ -91,8 +93,11 @@ std::variant<CallerCredentials, BusError> caller_credentials(sd_bus_message* m) 
   const gid_t* gids = nullptr;
   int n = sd_bus_creds_get_supplementary_gids(creds.get(), &gids);
   if (n > 0) caller.supplementary_gids.assign(gids, gids + n);
-  if (sd_bus_creds_get_unit(creds.get(), &text) >= 0 && text) caller.unit = text;
-  if (sd_bus_creds_get_cgroup(creds.get(), &text) >= 0 && text) caller.cgroup = text;
+  CredsRef cgroup_creds;
+  if (sd_bus_query_sender_creds(m, kCgroupCredsMask, cgroup_creds.out()) >= 0) {
+    if (sd_bus_creds_get_unit(cgroup_creds.get(), &text) >= 0 && text) caller.unit = text;
+    if (sd_bus_creds_get_cgroup(cgroup_creds.get(), &text) >= 0 && text) caller.cgroup = text;
+  }
   return caller;
 }
 

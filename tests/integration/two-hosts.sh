@@ -41,7 +41,8 @@ head -c $((16 << 20)) /dev/urandom >"$payload"
 exec_tls beta --listen 192.0.2.2:4434 --identity beta --once -- cat "$payload" &
 server=$!
 sleep 0.3
-got=$(exec_tls alpha --connect 192.0.2.2:4434 --server-name beta.test -- sha256sum | cut -d' ' -f1)
+# The program's stdout is the socket: the digest goes to stderr.
+got=$(exec_tls alpha --connect 192.0.2.2:4434 --server-name beta.test -- sh -c 'sha256sum >&2' 2>&1 | cut -d' ' -f1)
 wait $server || fail "bulk server failed"
 want=$(sha256sum <"$payload" | cut -d' ' -f1)
 [[ $got == "$want" ]] || fail "16 MiB arrived corrupted ($got != $want)"
@@ -49,8 +50,9 @@ want=$(sha256sum <"$payload" | cut -d' ' -f1)
 # A client that names the wrong server is refused before any data flows.
 
 exec_tls beta --listen 192.0.2.2:4435 --identity beta --once -- true &
+server=$!
 sleep 0.3
 out=$(exec_tls alpha --connect 192.0.2.2:4435 --server-name wrong.test -- true 2>&1) && fail "wrong server name accepted"
 grep -q PeerNotValidated <<<"$out" || fail "expected PeerNotValidated, got: $out"
-wait
+wait $server && fail "the server side should have seen the handshake fail"
 echo "two-hosts: line exchange, 16 MiB intact, Offload=$expected, wrong name refused"
