@@ -24,6 +24,8 @@
 namespace tapsec::state {
 namespace {
 
+constexpr std::uint8_t kKeyUpdateMessage = 24;  // RFC 8446 §4.6.3
+
 std::string error_name(const char* short_name) { return std::string(bus::kErrorPrefix) + short_name; }
 
 bus::BusError make_error(const char* short_name, std::string message) {
@@ -644,12 +646,24 @@ std::optional<bus::BusError> Agent::update_keys(const bus::CallerCredentials& ca
                         "this kernel (" + capabilities_.kernel_release +
                             ") cannot replace kTLS keys on a live socket; a key update needs a newer kernel");
     }
-    if (request_peer && !capabilities_.ktls_rx_rekey) {
-      return make_error("KernelUnsupported", "this kernel cannot install the peer's next receive key");
-    }
     auto located = kernel::borrow_socket({a.owner_pid, a.socket_inode});
     if (!located) return make_error("NoSuchAssociation", "the association's socket is gone: " + located.error());
     auto fd = std::move(located.value());
+    auto followed = follow_peer_key_update(a, fd.get());
+    if (auto* error = std::get_if<bus::BusError>(&followed)) return *error;
+    switch (std::get<PeerKeyUpdate>(followed)) {
+      case PeerKeyUpdate::None:
+        break;
+      case PeerKeyUpdate::Followed:  // the peer asked for nothing in return
+        if (publisher_) publisher_->keys_updated(id, a.session->key_epoch());
+        return std::nullopt;
+      case PeerKeyUpdate::FollowedAndAsked:
+        request_peer = false;  // answer with our own update
+        break;
+    }
+    if (request_peer && !capabilities_.ktls_rx_rekey) {
+      return make_error("KernelUnsupported", "this kernel cannot install the peer's next receive key");
+    }
     auto message = a.session->key_update_message(request_peer);
     if (auto sent = kernel::send_record(fd.get(), kernel::content_type::handshake, message); !sent) {
       return make_error("Internal", "sending KeyUpdate failed: " + sent.error());
@@ -663,6 +677,33 @@ std::optional<bus::BusError> Agent::update_keys(const bus::CallerCredentials& ca
   if (publisher_) publisher_->keys_updated(id, a.info.key_epoch);
   core::log::info("keys updated", {{"id", std::to_string(id)}, {"epoch", std::to_string(a.info.key_epoch)}});
   return std::nullopt;
+}
+
+std::variant<Agent::PeerKeyUpdate, bus::BusError> Agent::follow_peer_key_update(Association& a, int fd) {
+  // The peer's KeyUpdate is either still at the head of the stream (the
+  // application met it as EIO) or already taken by the application, in
+  // which case the kernel has paused receiving (EKEYEXPIRED).
+  std::uint8_t head[16];
+  auto peeked = kernel::recv_record(fd, head, MSG_PEEK | MSG_DONTWAIT);
+  bool waiting_record = peeked && peeked.value().content_type == kernel::content_type::handshake &&
+                        peeked.value().length >= 5 && head[0] == kKeyUpdateMessage;
+  bool paused = !peeked && peeked.error_number() == EKEYEXPIRED;
+  if (!waiting_record && !paused) return PeerKeyUpdate::None;
+  if (!capabilities_.ktls_rx_rekey) {
+    return make_error("KernelUnsupported", "the peer updated its keys, and this kernel cannot install the next receive key");
+  }
+  bool asked = false;
+  if (waiting_record) {
+    auto taken = kernel::recv_record(fd, head, MSG_DONTWAIT);
+    if (!taken) return make_error("Internal", "reading the peer's KeyUpdate: " + taken.error());
+    asked = head[4] == 1;  // update_requested
+  }
+  a.session->advance_rx_keys();
+  if (auto e = kernel::install_rx(fd, a.session->rx_keys())) {
+    return make_error("Internal", "installing the peer's next key failed: " + *e);
+  }
+  core::log::info("followed the peer's key update", {{"id", std::to_string(a.info.id)}, {"answer", asked ? "yes" : "no"}});
+  return asked ? PeerKeyUpdate::FollowedAndAsked : PeerKeyUpdate::Followed;
 }
 
 std::variant<std::vector<std::uint8_t>, bus::BusError> Agent::export_keying_material(

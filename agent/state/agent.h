@@ -83,6 +83,10 @@ class Agent : public bus::Backend {
                                  std::function<void(bool, std::string)> done);
   std::optional<bus::BusError> authorize(const bus::CallerCredentials& caller, const Association& association,
                                          const char* action) const;
+  // Follows a KeyUpdate the peer sent on a kTLS socket, if one is waiting
+  // at the head of the stream or was already taken by the application.
+  enum class PeerKeyUpdate { None, Followed, FollowedAndAsked };
+  std::variant<PeerKeyUpdate, bus::BusError> follow_peer_key_update(Association& a, int fd);
   void remove_association(std::uint64_t id, const std::string& reason);
   void check_liveness();
 

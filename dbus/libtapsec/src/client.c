@@ -462,6 +462,14 @@ int tapsec_handle_read_error(tapsec_client *client, const char *association_path
     case EAGAIN:
       return TAPSEC_READ_RETRY;
     case EIO:
+      /* The peer's KeyUpdate is for the agent to take: it installs the
+       * peer's next key and answers if the peer asked for an update. */
+      if (client && association_path && tapsec_next_record_is_key_update(fd)) {
+        tapsec_error err = {0};
+        int r = tapsec_update_keys(client, association_path, 0, &err);
+        tapsec_error_free(&err);
+        return r < 0 ? r : TAPSEC_READ_RETRY;
+      }
       return tapsec_consume_control_record(fd);
     case EKEYEXPIRED: {
       if (!client || !association_path) return -EKEYEXPIRED;

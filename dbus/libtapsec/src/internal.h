@@ -27,5 +27,6 @@ void tapsec_error_set(tapsec_error *err, const char *name, const char *message);
 /* Takes a non-data kTLS record off fd. Returns TAPSEC_READ_RETRY,
  * TAPSEC_READ_EOF or a negative errno. */
 int tapsec_consume_control_record(int fd);
+int tapsec_next_record_is_key_update(int fd);
 
 #endif

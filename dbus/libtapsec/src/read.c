@@ -25,7 +25,7 @@ enum { ALERT_CLOSE_NOTIFY = 0 };
 
 /* recvmsg() that also reports the record's content type, or -1 when the
  * socket gave none (no kTLS: everything is application data). */
-static ssize_t receive_record(int fd, void *buf, size_t len, int *record_type) {
+static ssize_t receive_record_flags(int fd, void *buf, size_t len, int *record_type, int flags) {
   union {
     char buffer[CMSG_SPACE(sizeof(unsigned char))];
     struct cmsghdr align;
@@ -37,13 +37,26 @@ static ssize_t receive_record(int fd, void *buf, size_t len, int *record_type) {
       .msg_control = control.buffer,
       .msg_controllen = sizeof(control.buffer),
   };
-  ssize_t n = recvmsg(fd, &msg, 0);
+  ssize_t n = recvmsg(fd, &msg, flags);
   if (n < 0) return -1;
   *record_type = -1;
   for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c))
     if (c->cmsg_level == SOL_TLS && c->cmsg_type == TLS_GET_RECORD_TYPE)
       *record_type = *(unsigned char *)CMSG_DATA(c);
   return n;
+}
+
+static ssize_t receive_record(int fd, void *buf, size_t len, int *record_type) {
+  return receive_record_flags(fd, buf, len, record_type, 0);
+}
+
+/* Whether the record at the head of the stream is the peer's KeyUpdate,
+ * which the agent must take itself to install the peer's next key. */
+int tapsec_next_record_is_key_update(int fd) {
+  unsigned char head[8];
+  int type = -1;
+  ssize_t n = receive_record_flags(fd, head, sizeof(head), &type, MSG_PEEK | MSG_DONTWAIT);
+  return n >= 1 && type == RECORD_HANDSHAKE && head[0] == 24;
 }
 
 /* What an alert record means for the reader: EOF or a fatal error. */

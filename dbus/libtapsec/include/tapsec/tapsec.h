@@ -214,6 +214,9 @@ int tapsec_client_get_fd(tapsec_client *client);
  *   - after a peer's KeyUpdate, kernels with kTLS rekey support pause
  *     receiving until the next key is installed and fail with EKEYEXPIRED:
  *     returned as -1/EKEYEXPIRED; pass it to tapsec_handle_read_error().
+ *     (tapsec_read() has then taken the KeyUpdate itself, so a peer's
+ *     request for an update in return is not seen by the agent; plain read()
+ *     with tapsec_handle_read_error() on EIO lets the agent answer it.)
  * On a socket without kTLS (the agent's userspace stand-in) it behaves like
  * read(). On Linux 6.1 a peer's KeyUpdate is fatal to a kTLS socket (the
  * kernel cannot take a new receive key); reads then fail with EBADMSG/EIO.
@@ -230,8 +233,11 @@ ssize_t tapsec_read(int fd, void *buf, size_t len);
  *                install the peer's next receive key; the agent answers with
  *                its own KeyUpdate when the peer requested one. Returns
  *                TAPSEC_READ_RETRY when reading may go on.
- *   EIO          from a plain read(): takes the non-data record off the
- *                socket as tapsec_read() would; returns TAPSEC_READ_RETRY
+ *   EIO          from a plain read(): when the waiting record is the peer's
+ *                KeyUpdate, the agent takes it (UpdateKeys(false)), installs
+ *                the peer's next key and answers a requested update: returns
+ *                TAPSEC_READ_RETRY. Any other non-data record is taken off
+ *                the socket as tapsec_read() would; returns TAPSEC_READ_RETRY
  *                (handshake record skipped), TAPSEC_READ_EOF (close_notify)
  *                or -ECONNRESET (fatal alert).
  *   EINTR/EAGAIN TAPSEC_READ_RETRY.
