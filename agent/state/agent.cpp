@@ -616,6 +616,13 @@ std::optional<bus::AssociationInfo> Agent::association(std::uint64_t id) const {
   if (a.channel) {
     info.bytes_sent = a.channel->bytes_sent();
     info.bytes_received = a.channel->bytes_received();
+  } else if (auto fd = kernel::borrow_socket({a.owner_pid, a.socket_inode})) {
+    // The kernel carries the records: count what TCP carried (records
+    // included), as the agent never sees the plaintext.
+    if (auto socket = kernel::inspect_tcp_socket(fd.value().get())) {
+      info.bytes_sent = socket.value().tcp.bytes_acked;
+      info.bytes_received = socket.value().tcp.bytes_received;
+    }
   }
   tls::Session* session = a.channel ? &a.channel->session() : a.session.get();
   if (session) info.key_epoch = session->key_epoch();

@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -60,6 +61,7 @@ chmod 600 *.key
 pid_t spawn(const std::vector<std::string>& argv, int stdout_fd = -1) {
   pid_t pid = fork();
   if (pid == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGTERM);  // never outlive the test
     if (stdout_fd >= 0) dup2(stdout_fd, 1);
     std::vector<char*> args;
     for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
@@ -142,6 +144,7 @@ AgentProcess::AgentProcess(const std::string& policy_text) {
   int log_fd = open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
   pid_t agent = fork();
   if (agent == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGTERM);
     dup2(log_fd, 2);
     execl(TAPSECD_PATH, "tapsecd", "--bus", bus_address_.c_str(), "--policy-dir", (dir_ + "/policy.d").c_str(),
           "--log-level", "debug", nullptr);

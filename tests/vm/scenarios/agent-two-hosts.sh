@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# tapsec-vm: timeout=180
 # Two hosts in network namespaces inside the guest, each with its own bus
 # and tapsecd; an unmodified client and server exchange data over kTLS.
 set -euo pipefail

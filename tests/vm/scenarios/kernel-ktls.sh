@@ -1,4 +1,5 @@
 #!/bin/bash
+# tapsec-vm: timeout=300
 # kTLS through tapsec's installer, one cipher and TLS version at a time:
 # ktls-selftest checks that the kernel's records open in userspace with the
 # installed key layout, that bulk data crosses intact both ways, that
