@@ -71,7 +71,7 @@ int reply_error(sd_bus_message* call, const BusError& e) {
 // Who sent `m`, from the bus daemon (and /proc for what it does not tell).
 // The uid, gid and pid are required: a call whose sender cannot be
 // identified is refused.
-std::variant<CallerCredentials, BusError> caller_credentials(sd_bus_message* m) {
+std::variant<CallerCredentials, BusError> query_caller_credentials(sd_bus_message* m) {
   CredsRef creds;
   int r = sd_bus_query_sender_creds(m, kCredsMask, creds.out());
   if (r < 0)
@@ -250,7 +250,7 @@ struct BusService::Handlers {
       if (auto e = check_role(role)) return reply_error(m, *e);
       auto props = parse_security_properties(m, role);
       if (auto* e = std::get_if<BusError>(&props)) return reply_error(m, *e);
-      auto caller = caller_credentials(m);
+      auto caller = self(userdata).caller_credentials(m);
       if (auto* e = std::get_if<BusError>(&caller)) return reply_error(m, *e);
 
       struct stat st{};
@@ -280,7 +280,7 @@ struct BusService::Handlers {
       if (port == 0) return reply_error(m, error::make(error::kInvalidArgument, "port 0 is not a valid port"));
       auto props = parse_security_properties(m, "client");
       if (auto* e = std::get_if<BusError>(&props)) return reply_error(m, *e);
-      auto caller = caller_credentials(m);
+      auto caller = self(userdata).caller_credentials(m);
       if (auto* e = std::get_if<BusError>(&caller)) return reply_error(m, *e);
       self(userdata).backend_.connect(std::get<CallerCredentials>(caller), host, port,
                                       std::move(std::get<SecurityProperties>(props)), make_completion(m));
@@ -306,7 +306,7 @@ struct BusService::Handlers {
 
   static int flush_session_cache(sd_bus_message* m, void* userdata, sd_bus_error* ret_error) {
     return guarded(ret_error, [&] {
-      auto caller = caller_credentials(m);
+      auto caller = self(userdata).caller_credentials(m);
       if (auto* e = std::get_if<BusError>(&caller)) return reply_error(m, *e);
       std::uint32_t removed = self(userdata).backend_.flush_session_cache(std::get<CallerCredentials>(caller));
       return sd_bus_reply_method_return(m, "u", removed);
@@ -341,7 +341,7 @@ struct BusService::Handlers {
       if (r < 0) return r;
       sd_bus_message* call = sd_bus_get_current_message(bus);
       if (!call) return sd_bus_error_set(ret_error, error::kInternal, "no current call");
-      auto caller = caller_credentials(call);
+      auto caller = self(userdata).caller_credentials(call);
       if (auto* e = std::get_if<BusError>(&caller)) return sd_bus_error_set(ret_error, e->name.c_str(), e->message.c_str());
       if (std::get<CallerCredentials>(caller).uid != 0)
         return sd_bus_error_set(ret_error, error::kPolicyDenied, "only root may set SessionCacheCapacity");
@@ -397,11 +397,12 @@ struct BusService::Handlers {
   }
 
   // Common start of the Association methods: the id and the caller.
-  static std::variant<std::pair<std::uint64_t, CallerCredentials>, BusError> association_call(sd_bus_message* m) {
+  static std::variant<std::pair<std::uint64_t, CallerCredentials>, BusError> association_call(sd_bus_message* m,
+                                                                                           void* userdata) {
     const char* path = sd_bus_message_get_path(m);
     auto id = association_id_from_path(path ? path : "");
     if (!id) return error::make(error::kNoSuchAssociation, std::string("no association at ") + (path ? path : "?"));
-    auto caller = caller_credentials(m);
+    auto caller = self(userdata).caller_credentials(m);
     if (auto* e = std::get_if<BusError>(&caller)) return *e;
     return std::make_pair(*id, std::move(std::get<CallerCredentials>(caller)));
   }
@@ -411,7 +412,7 @@ struct BusService::Handlers {
       int request_peer = 0;
       int r = sd_bus_message_read_basic(m, 'b', &request_peer);
       if (r < 0) return r;
-      auto call = association_call(m);
+      auto call = association_call(m, userdata);
       if (auto* e = std::get_if<BusError>(&call)) return reply_error(m, *e);
       auto& [id, caller] = std::get<0>(call);
       if (auto e = self(userdata).backend_.update_keys(caller, id, request_peer != 0)) return reply_error(m, *e);
@@ -430,7 +431,7 @@ struct BusService::Handlers {
       if ((r = sd_bus_message_read_array(m, 'y', &context_data, &context_size)) < 0) return r;
       if ((r = sd_bus_message_read_basic(m, 'u', &length)) < 0) return r;
       if (length == 0) return reply_error(m, error::make(error::kInvalidArgument, "length must be greater than 0"));
-      auto call = association_call(m);
+      auto call = association_call(m, userdata);
       if (auto* e = std::get_if<BusError>(&call)) return reply_error(m, *e);
       auto& [id, caller] = std::get<0>(call);
       const auto* bytes = static_cast<const std::uint8_t*>(context_data);
@@ -451,7 +452,7 @@ struct BusService::Handlers {
 
   static int terminate(sd_bus_message* m, void* userdata, sd_bus_error* ret_error) {
     return guarded(ret_error, [&] {
-      auto call = association_call(m);
+      auto call = association_call(m, userdata);
       if (auto* e = std::get_if<BusError>(&call)) return reply_error(m, *e);
       auto& [id, caller] = std::get<0>(call);
       if (auto e = self(userdata).backend_.terminate(caller, id)) return reply_error(m, *e);
@@ -750,6 +751,26 @@ void BusService::validate_peer(const std::string& unique_name, const std::string
   if (r < 0) return fail(std::string("could not call the peer validator: ") + std::strerror(-r));
   std::uint64_t token = pending->token;
   pending_validations_.emplace(token, std::move(pending));
+}
+
+std::variant<CallerCredentials, BusError> BusService::caller_credentials(sd_bus_message* m) {
+  // A connection's credentials are fixed when it connects, and unique names
+  // are never reused on a bus: ask the bus daemon once per caller, not once
+  // per call (each query is a blocking round trip).
+  const char* sender = sd_bus_message_get_sender(m);
+  if (sender) {
+    if (auto it = callers_.find(sender); it != callers_.end()) return it->second;
+  }
+  auto fresh = query_caller_credentials(m);
+  if (sender && std::holds_alternative<CallerCredentials>(fresh)) {
+    if (callers_.size() >= kCallerCacheCapacity) {
+      callers_.erase(caller_order_.front());
+      caller_order_.pop_front();
+    }
+    callers_.emplace(sender, std::get<CallerCredentials>(fresh));
+    caller_order_.push_back(sender);
+  }
+  return fresh;
 }
 
 void BusService::finish_validation(std::uint64_t token, bool accept, std::string reason) {

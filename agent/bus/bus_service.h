@@ -13,12 +13,15 @@
 
 #include <chrono>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
+#include <unordered_map>
+#include <variant>
 #include <vector>
 
 #include "agent/bus/backend.h"
@@ -82,6 +85,11 @@ class BusService : public Publisher {
   friend struct Handlers;
 
   void finish_validation(std::uint64_t token, bool accept, std::string reason);
+  std::variant<CallerCredentials, BusError> caller_credentials(sd_bus_message* m);
+
+  static constexpr std::size_t kCallerCacheCapacity = 4096;
+  std::unordered_map<std::string, CallerCredentials> callers_;  // by unique name
+  std::deque<std::string> caller_order_;                        // oldest first
 
   BusRef bus_;
   Backend& backend_;

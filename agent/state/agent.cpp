@@ -140,7 +140,8 @@ bool Agent::load_policy(std::string* error) {
     return false;
   }
   policy_ = std::move(std::get<policy::Policy>(loaded));
-  credentials_.clear();  // identities may have changed on disk
+  credentials_.clear();        // identities may have changed on disk,
+  tls::flush_context_cache();  // and so may trust anchor files
   core::log::info("policy loaded", {{"dir", options_.policy_dir},
                                     {"identities", join(policy_.identity_names())}});
   return true;

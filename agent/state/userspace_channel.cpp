@@ -4,6 +4,7 @@
 #include <sys/socket.h>
 
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 
 namespace tapsec::state {
@@ -12,6 +13,8 @@ namespace {
 constexpr std::size_t kChunk = 16384;
 // Stop reading a side while this much is queued for the other: bounded memory.
 constexpr std::size_t kHighWater = 1 << 20;
+// How long a terminated channel waits for the peer to close its side.
+constexpr std::chrono::seconds kLinger{5};
 
 }  // namespace
 
@@ -38,6 +41,7 @@ UserspaceChannel::UserspaceChannel(core::Reactor& reactor, core::UniqueFd tcp, c
       closed_(std::move(closed)) {}
 
 UserspaceChannel::~UserspaceChannel() {
+  if (linger_timer_) reactor_.cancel_timer(linger_timer_);
   if (tcp_watch_) reactor_.unwatch(tcp_watch_);
   if (local_watch_) reactor_.unwatch(local_watch_);
 }
@@ -69,7 +73,7 @@ void UserspaceChannel::pump() {
     close(std::string("sending to the peer failed: ") + std::strerror(errno));
     return;
   }
-  if (!write_out(local_.get(), to_local_)) {
+  if (!terminating_ && !write_out(local_.get(), to_local_)) {
     // The application went away; tell the peer properly.
     session_->close_notify();
     auto alert = session_->take_output();
@@ -79,6 +83,16 @@ void UserspaceChannel::pump() {
   }
   if (peer_done_ && to_local_.empty()) ::shutdown(local_.get(), SHUT_WR);
   if (application_done_ && to_tcp_.empty()) ::shutdown(tcp_.get(), SHUT_WR);
+  if (terminating_ && to_tcp_.empty() && !linger_timer_) {
+    // Closing with unread input would reset the connection and drop what
+    // is still queued to send: half-close, then drain the peer's last
+    // words (its close_notify) until it closes too, for a bounded time.
+    ::shutdown(tcp_.get(), SHUT_WR);
+    linger_timer_ = reactor_.add_timer(kLinger, [this] {
+      linger_timer_ = 0;
+      close("terminated on request");
+    });
+  }
   if (peer_done_ && application_done_ && to_tcp_.empty() && to_local_.empty()) {
     close("closed by both sides");
     return;
@@ -89,7 +103,7 @@ void UserspaceChannel::pump() {
 void UserspaceChannel::update_interest() {
   if (closed_once_) return;
   std::uint32_t tcp_events = 0, local_events = 0;
-  if (!peer_done_ && to_local_.size() < kHighWater) tcp_events |= POLLIN;
+  if (linger_timer_ || (!peer_done_ && to_local_.size() < kHighWater)) tcp_events |= POLLIN;
   if (!to_tcp_.empty()) tcp_events |= POLLOUT;
   if (!application_done_ && to_tcp_.size() < kHighWater) local_events |= POLLIN;
   if (!to_local_.empty()) local_events |= POLLOUT;
@@ -99,6 +113,16 @@ void UserspaceChannel::update_interest() {
 
 void UserspaceChannel::on_tcp(std::uint32_t revents) {
   if (closed_once_) return;
+  if (terminating_) {
+    std::uint8_t discard[kChunk];
+    ssize_t n = ::recv(tcp_.get(), discard, sizeof(discard), MSG_DONTWAIT);
+    if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
+      close("terminated on request");
+      return;
+    }
+    pump();
+    return;
+  }
   if ((revents & (POLLIN | POLLHUP | POLLERR)) && !peer_done_) {
     std::uint8_t buffer[kChunk];
     ssize_t n = ::recv(tcp_.get(), buffer, sizeof(buffer), MSG_DONTWAIT);
@@ -145,14 +169,22 @@ void UserspaceChannel::update_keys(bool request_peer) {
 }
 
 void UserspaceChannel::terminate() {
-  if (closed_once_) return;
+  if (closed_once_ || terminating_) return;
+  terminating_ = true;
+  // What the application wrote before this call is delivered first, as
+  // on a TCP close; then close_notify, and the end once all is sent.
+  std::uint8_t buffer[kChunk];
+  for (;;) {
+    ssize_t n = ::recv(local_.get(), buffer, sizeof(buffer), MSG_DONTWAIT);
+    if (n <= 0) break;
+    session_->write_plaintext(std::span<const std::uint8_t>(buffer, static_cast<std::size_t>(n)));
+    bytes_sent_ += static_cast<std::uint64_t>(n);
+  }
   session_->close_notify();
-  auto alert = session_->take_output();
-  to_tcp_.insert(to_tcp_.end(), alert.begin(), alert.end());
-  write_out(tcp_.get(), to_tcp_);
-  ::shutdown(tcp_.get(), SHUT_RDWR);
-  ::shutdown(local_.get(), SHUT_RDWR);
-  close("terminated on request");
+  application_done_ = true;
+  ::shutdown(local_.get(), SHUT_RDWR);  // the application sees the end now
+  to_local_.clear();
+  pump();
 }
 
 void UserspaceChannel::close(const std::string& reason) {
@@ -160,6 +192,7 @@ void UserspaceChannel::close(const std::string& reason) {
   closed_once_ = true;
   if (tcp_watch_) reactor_.unwatch(std::exchange(tcp_watch_, 0));
   if (local_watch_) reactor_.unwatch(std::exchange(local_watch_, 0));
+  if (linger_timer_) reactor_.cancel_timer(std::exchange(linger_timer_, 0));
   auto closed = std::move(closed_);
   if (closed) closed(reason);  // may destroy this
 }

@@ -31,7 +31,8 @@ class UserspaceChannel {
 
   tls::Session& session() { return *session_; }
   void update_keys(bool request_peer);
-  // Sends close_notify and closes both sides.
+  // Sends what the application already wrote, then close_notify, then
+  // closes both sides (asynchronously, once everything is sent).
   void terminate();
 
   std::uint64_t bytes_sent() const { return bytes_sent_; }
@@ -57,10 +58,12 @@ class UserspaceChannel {
 
   core::Reactor::Id tcp_watch_ = 0;
   core::Reactor::Id local_watch_ = 0;
+  core::Reactor::Id linger_timer_ = 0;  // set while a terminated channel drains
   std::vector<std::uint8_t> to_tcp_;    // ciphertext waiting for the socket
   std::vector<std::uint8_t> to_local_;  // plaintext waiting for the application
   bool application_done_ = false;       // the application shut down its sending side
   bool peer_done_ = false;              // the peer sent close_notify or FIN
+  bool terminating_ = false;
   bool closed_once_ = false;
   std::uint64_t bytes_sent_ = 0;
   std::uint64_t bytes_received_ = 0;

@@ -99,13 +99,17 @@ int secure(sd_bus* bus, int fd, const char* role, const Options& o) {
   if (sd_bus_message_read(reply, "ho", &secured, &path) < 0) die("unexpected reply to SecureSocket");
   int owned = fcntl(secured, F_DUPFD_CLOEXEC, 3);
   if (o.verbose) {
-    for (const char* property : {"Version", "Cipher", "Group", "Offload", "PeerIdentity", "ALPN"}) {
+    // One line: what was negotiated and where the keys live.
+    std::string line;
+    for (const char* property : {"Role", "Version", "Cipher", "Group", "PeerIdentity", "ALPN", "Offload"}) {
       char* value = nullptr;
-      if (sd_bus_get_property_string(bus, "org.tapsec1", path, "org.tapsec1.Association", property, nullptr, &value) >= 0) {
-        std::fprintf(stderr, "tapsec-exec: %s %s=%s\n", path, property, value);
+      if (sd_bus_get_property_string(bus, "org.tapsec1", path, "org.tapsec1.Association", property, nullptr,
+                                     &value) >= 0) {
+        if (*value) line += std::string(" ") + property + "=" + value;
         std::free(value);
       }
     }
+    std::fprintf(stderr, "tapsec-exec: %s%s\n", path, line.c_str());
   }
   sd_bus_message_unref(reply);
   return owned;

@@ -10,9 +10,11 @@
 #include <openssl/x509v3.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <cstring>
 
 #include "agent/core/log.h"
+#include "agent/engines/tls/context_cache.h"
 #include "agent/engines/tls/openssl_ptr.h"
 #include "agent/engines/tls/record_crypto.h"
 
@@ -206,6 +208,10 @@ struct Session::Impl {
 struct SessionCallbacks {
   static Session* from(const SSL* ssl) { return static_cast<Session*>(SSL_get_app_data(ssl)); }
 
+  static int use_credentials(SSL_CTX* ctx, const Credentials& c) {
+    return SSL_CTX_use_cert_and_key(ctx, c.leaf_, c.private_key_, c.intermediates_, 1);
+  }
+
   static void on_message(int write_p, int, int content_type, const void* buffer, size_t length, SSL* ssl, void*) {
     Session* session = from(ssl);
     if (session == nullptr) return;
@@ -334,6 +340,7 @@ struct SessionCallbacks {
     Session* session = from(ssl);
     if (session == nullptr) return SSL_TLSEXT_ERR_ALERT_FATAL;
     Session::Impl& d = *session->impl_;
+    if (d.settings.alpn.empty()) return SSL_TLSEXT_ERR_NOACK;  // as if no callback were set
     std::string offered;
     for (unsigned int i = 0; i < in_length;) {
       const unsigned int length = in[i];
@@ -496,40 +503,87 @@ std::string session_id_context(const Settings& s) {
   return digest;
 }
 
-}  // namespace
+// Whether the context needs a trust store loaded from disk.
+bool loads_trust_store(const Settings& s) {
+  const bool validates = s.role == Role::Client || s.require_peer_certificate;
+  return validates && s.peer_validation == PeerValidation::System;
+}
 
-std::variant<std::unique_ptr<Session>, std::string> Session::create(const Settings& settings) {
-  if (auto problem = check_settings(settings)) return "invalid TLS settings: " + *problem;
-  ERR_clear_error();
-  auto failure = [](std::string what) {
-    const std::string details = detail::take_openssl_errors();
-    return "invalid TLS settings: " + what + (details.empty() ? "" : " (" + details + ")");
+// "invalid TLS settings: <what> (<OpenSSL's errors>)".
+std::string settings_failure(std::string what) {
+  const std::string details = detail::take_openssl_errors();
+  return "invalid TLS settings: " + what + (details.empty() ? "" : " (" + details + ")");
+}
+
+// A server issuing tickets without shared keys protects them with its
+// context's own random keys; such a context must not be shared, or tickets
+// would resume in other Sessions (documented: they never do).
+bool context_shareable(const Settings& s) {
+  return !(s.role == Role::Server && s.server_tickets > 0 && !s.ticket_keys);
+}
+
+// Canonical, unambiguous description of exactly the settings that
+// build_context() puts into the SSL_CTX: equal keys, equal contexts.
+std::string context_key(const Settings& s) {
+  std::string key;
+  auto field = [&key](std::string_view value) {
+    key += std::to_string(value.size());
+    key += ':';
+    key += value;
   };
+  auto list = [&](const std::vector<std::string>& values) {
+    field(std::to_string(values.size()));
+    for (const auto& value : values) field(value);
+  };
+  auto address = [&](const void* object) {
+    char text[2 + 2 * sizeof(void*) + 1];
+    std::snprintf(text, sizeof text, "%p", object);
+    field(text);
+  };
+  field(to_string(s.role));
+  field(to_string(s.min_version));
+  field(to_string(s.max_version));
+  list(s.ciphersuites);
+  list(s.ciphers12);
+  list(s.groups);
+  list(s.signature_algorithms);
+  address(s.credentials.get());
+  if (loads_trust_store(s)) {
+    field(s.use_system_trust ? "trust:system" : "trust:files");
+    list(s.trust_anchor_files);
+  } else {
+    field("trust:none");
+  }
+  if (s.role == Role::Server) address(s.ticket_keys.get());
+  return key;
+}
 
-  auto impl = std::make_unique<Impl>();
-  impl->settings = settings;
-  const Settings& s = impl->settings;
+// The SSL_CTX for `s`: only what context_key() names goes in here. Every
+// callback registered on it reaches its connection's data through
+// SSL_get_app_data, never through the context, so the context can be shared.
+std::variant<SslCtxPtr, std::string> build_context(const Settings& s) {
+  ERR_clear_error();
   const bool client = s.role == Role::Client;
 
-  impl->ctx.reset(SSL_CTX_new(client ? TLS_client_method() : TLS_server_method()));
-  if (!impl->ctx) return failure("cannot create an OpenSSL context");
-  SSL_CTX* ctx = impl->ctx.get();
+  SslCtxPtr owned(SSL_CTX_new(client ? TLS_client_method() : TLS_server_method()));
+  if (!owned) return settings_failure("cannot create an OpenSSL context");
+  SSL_CTX* ctx = owned.get();
 
-  const int min_version = s.psk ? TLS1_3_VERSION : (s.min_version == Version::Tls12 ? TLS1_2_VERSION : TLS1_3_VERSION);
+  const int min_version = s.min_version == Version::Tls12 ? TLS1_2_VERSION : TLS1_3_VERSION;
   const int max_version = s.max_version == Version::Tls12 ? TLS1_2_VERSION : TLS1_3_VERSION;
   if (SSL_CTX_set_min_proto_version(ctx, min_version) != 1 || SSL_CTX_set_max_proto_version(ctx, max_version) != 1)
-    return failure("cannot set the TLS versions");
+    return settings_failure("cannot set the TLS versions");
 
   std::vector<std::string> suites13 = s.ciphersuites;
   if (suites13.empty()) suites13.assign(std::begin(kAllowedTls13Suites), std::end(kAllowedTls13Suites));
   std::vector<std::string> ciphers12 = s.ciphers12;
   if (ciphers12.empty()) ciphers12.assign(std::begin(kAllowedTls12Ciphers), std::end(kAllowedTls12Ciphers));
-  if (SSL_CTX_set_ciphersuites(ctx, join(suites13, ':').c_str()) != 1) return failure("bad TLS 1.3 cipher suites");
-  if (SSL_CTX_set_cipher_list(ctx, join(ciphers12, ':').c_str()) != 1) return failure("bad TLS 1.2 ciphers");
+  if (SSL_CTX_set_ciphersuites(ctx, join(suites13, ':').c_str()) != 1) return settings_failure("bad TLS 1.3 cipher suites");
+  if (SSL_CTX_set_cipher_list(ctx, join(ciphers12, ':').c_str()) != 1) return settings_failure("bad TLS 1.2 ciphers");
   const std::string groups = s.groups.empty() ? std::string(kDefaultGroups) : join(s.groups, ':');
-  if (SSL_CTX_set1_groups_list(ctx, groups.c_str()) != 1) return failure("unknown key exchange group in '" + groups + "'");
+  if (SSL_CTX_set1_groups_list(ctx, groups.c_str()) != 1) return settings_failure("unknown key exchange group in '" + groups + "'");
   if (!s.signature_algorithms.empty() && SSL_CTX_set1_sigalgs_list(ctx, join(s.signature_algorithms, ':').c_str()) != 1)
-    return failure("unknown signature algorithm in '" + join(s.signature_algorithms, ':') + "'");
+    return settings_failure("unknown signature algorithm in '" + join(s.signature_algorithms, ':') + "'");
 
   SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION);
   SSL_CTX_set_msg_callback(ctx, &SessionCallbacks::on_message);
@@ -537,46 +591,67 @@ std::variant<std::unique_ptr<Session>, std::string> Session::create(const Settin
   SSL_CTX_set_info_callback(ctx, &SessionCallbacks::on_info);
   SSL_CTX_set_cert_verify_callback(ctx, &SessionCallbacks::on_verify, nullptr);
 
-  const bool validates = client || s.require_peer_certificate;
-  if (validates && s.peer_validation == PeerValidation::System) {
+  if (loads_trust_store(s)) {
     X509StorePtr store(X509_STORE_new());
-    if (!store) return failure("cannot create a trust store");
+    if (!store) return settings_failure("cannot create a trust store");
     if (s.use_system_trust && X509_STORE_set_default_paths(store.get()) != 1)
-      return failure("cannot load the system trust store");
+      return settings_failure("cannot load the system trust store");
     for (const auto& file : s.trust_anchor_files) {
-      if (X509_STORE_load_file(store.get(), file.c_str()) != 1) return failure("cannot load trust anchors from " + file);
+      if (X509_STORE_load_file(store.get(), file.c_str()) != 1) return settings_failure("cannot load trust anchors from " + file);
     }
     SSL_CTX_set_cert_store(ctx, store.release());
+  }
+
+  if (s.credentials) {
+    const Credentials& c = *s.credentials;
+    if (SessionCallbacks::use_credentials(ctx, c) != 1) return settings_failure("identity '" + c.name() + "' cannot be used");
   }
 
   if (client) {
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
     SSL_CTX_sess_set_new_cb(ctx, &SessionCallbacks::on_new_session);
   } else {
-    // Resumption is stateless (tickets); the per-Session context keeps no cache.
+    // Resumption is stateless (tickets); the context keeps no session cache.
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
-    const std::string sid_context = session_id_context(s);
-    SSL_CTX_set_session_id_context(ctx, reinterpret_cast<const unsigned char*>(sid_context.data()),
-                                   static_cast<unsigned int>(sid_context.size()));
-    if (s.server_tickets == 0) SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET);
     if (s.ticket_keys) SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, &SessionCallbacks::on_ticket_key);
-    if (!s.alpn.empty()) SSL_CTX_set_alpn_select_cb(ctx, &SessionCallbacks::on_alpn_select, nullptr);
+    // Per connection: a Session without an ALPN list declines (NOACK).
+    SSL_CTX_set_alpn_select_cb(ctx, &SessionCallbacks::on_alpn_select, nullptr);
   }
-  if (s.psk) {
-    if (client)
-      SSL_CTX_set_psk_use_session_callback(ctx, &SessionCallbacks::on_psk_use);
-    else
-      SSL_CTX_set_psk_find_session_callback(ctx, &SessionCallbacks::on_psk_find);
-  }
+  return owned;
+}
+
+}  // namespace
+
+void flush_context_cache() { detail::shared_context_cache().flush(); }
+
+std::variant<std::unique_ptr<Session>, std::string> Session::create(const Settings& settings) {
+  if (auto problem = check_settings(settings)) return "invalid TLS settings: " + *problem;
+
+  auto impl = std::make_unique<Impl>();
+  impl->settings = settings;
+  const Settings& s = impl->settings;
+  const bool client = s.role == Role::Client;
+
+  auto context = context_shareable(s)
+                     ? detail::shared_context_cache().acquire(context_key(s), {s.credentials, s.ticket_keys},
+                                                              [&s] { return build_context(s); })
+                     : build_context(s);
+  if (auto* error = std::get_if<std::string>(&context)) return std::move(*error);
+  impl->ctx = std::move(std::get<SslCtxPtr>(context));
+  SSL_CTX* ctx = impl->ctx.get();
+  ERR_clear_error();
 
   impl->ssl.reset(SSL_new(ctx));
-  if (!impl->ssl) return failure("cannot create an OpenSSL connection");
+  if (!impl->ssl) return settings_failure("cannot create an OpenSSL connection");
   SSL* ssl = impl->ssl.get();
 
-  if (s.credentials) {
-    const Credentials& c = *s.credentials;
-    if (SSL_use_cert_and_key(ssl, c.leaf_, c.private_key_, c.intermediates_, 1) != 1)
-      return failure("identity '" + c.name() + "' cannot be used");
+  // A PSK restricts this connection to TLS 1.3 (the context may allow 1.2).
+  if (s.psk) {
+    if (SSL_set_min_proto_version(ssl, TLS1_3_VERSION) != 1) return settings_failure("cannot set the TLS versions");
+    if (client)
+      SSL_set_psk_use_session_callback(ssl, &SessionCallbacks::on_psk_use);
+    else
+      SSL_set_psk_find_session_callback(ssl, &SessionCallbacks::on_psk_find);
   }
 
   if (client) {
@@ -584,12 +659,12 @@ std::variant<std::unique_ptr<Session>, std::string> Session::create(const Settin
     if (!s.server_name.empty()) {
       const bool ip = is_ip_literal(s.server_name);
       if (!ip && SSL_set_tlsext_host_name(ssl, s.server_name.c_str()) != 1)
-        return failure("server name '" + s.server_name + "' cannot be sent as SNI");
+        return settings_failure("server name '" + s.server_name + "' cannot be sent as SNI");
       if (s.peer_validation == PeerValidation::System) {
         SSL_set_hostflags(ssl, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
         const int ok = ip ? X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), s.server_name.c_str())
                           : SSL_set1_host(ssl, s.server_name.c_str());
-        if (ok != 1) return failure("server name '" + s.server_name + "' cannot be checked");
+        if (ok != 1) return settings_failure("server name '" + s.server_name + "' cannot be checked");
       }
     }
     if (!s.alpn.empty()) {
@@ -599,7 +674,7 @@ std::variant<std::unique_ptr<Session>, std::string> Session::create(const Settin
         wire.insert(wire.end(), protocol.begin(), protocol.end());
       }
       if (SSL_set_alpn_protos(ssl, wire.data(), static_cast<unsigned int>(wire.size())) != 0)
-        return failure("ALPN list rejected");
+        return settings_failure("ALPN list rejected");
     }
     if (s.session_cache && !s.session_cache_key.empty() && !s.psk) {
       if (SSL_SESSION* cached = s.session_cache->take(s.session_cache_key)) {
@@ -611,6 +686,11 @@ std::variant<std::unique_ptr<Session>, std::string> Session::create(const Settin
   } else {
     SSL_set_verify(ssl, s.require_peer_certificate ? SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT : SSL_VERIFY_NONE,
                    nullptr);
+    const std::string sid_context = session_id_context(s);
+    if (SSL_set_session_id_context(ssl, reinterpret_cast<const unsigned char*>(sid_context.data()),
+                                   static_cast<unsigned int>(sid_context.size())) != 1)
+      return settings_failure("cannot set the session id context");
+    if (s.server_tickets == 0) SSL_set_options(ssl, SSL_OP_NO_TICKET);
     SSL_set_num_tickets(ssl, s.server_tickets);
     SSL_set_accept_state(ssl);
   }
@@ -620,7 +700,7 @@ std::variant<std::unique_ptr<Session>, std::string> Session::create(const Settin
   if (network_in == nullptr || network_out == nullptr) {
     BIO_free(network_in);
     BIO_free(network_out);
-    return failure("out of memory");
+    return settings_failure("out of memory");
   }
   SSL_set_bio(ssl, network_in, network_out);
   impl->network_in = network_in;

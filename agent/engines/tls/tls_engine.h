@@ -22,6 +22,15 @@
 // close_notify(). The two paths are exclusive for one Session: once keys have
 // been advanced by key_update_message()/advance_rx_keys() the userspace
 // record layer no longer matches the wire.
+//
+// Sessions whose context-level settings are equal (role, versions, cipher
+// lists, groups, signature algorithms, the same Credentials object, the
+// trust store's sources, the same TicketKeys object) share one OpenSSL
+// context, built once: certificate, key and trust anchors are read once,
+// not per connection. Everything else (server name, ALPN, pins, PSK,
+// resumption, validation decisions) stays per Session. Trust anchor files
+// are read when a context is built; call flush_context_cache() after they
+// change on disk (e.g. on a policy reload).
 #pragma once
 
 #include <openssl/ssl.h>
@@ -67,6 +76,7 @@ class Credentials {
 
  private:
   friend class Session;
+  friend struct SessionCallbacks;
   Credentials() = default;
   std::string name_;
   X509* leaf_ = nullptr;
@@ -316,5 +326,9 @@ class Session {
 };
 
 std::string_view to_string(Session::Status status);
+
+// Forgets every shared context, so that Sessions created from now on read
+// certificates and trust anchor files again. Existing Sessions keep theirs.
+void flush_context_cache();
 
 }  // namespace tapsec::tls

@@ -20,6 +20,7 @@
 #include <memory>
 #include <random>
 #include <thread>
+#include <utility>
 
 #include "tests/integration/agent/agent_fixture.h"
 
@@ -38,6 +39,17 @@ PrivateKey=${DIR}/client.key
 [TrustStore test-ca]
 File=${DIR}/ca.pem
 IncludeSystem=no
+
+[PSK link]
+Identity=tapsec-link
+Key=hex:00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff
+
+[Rule psk-link]
+MatchHost=psk.test
+Protocols=tls
+PSKs=link
+Fallback=yes
+Action=allow
 
 [Rule denied-host]
 MatchHost=denied.test
@@ -67,6 +79,11 @@ class AgentTest : public ::testing::Test {
     agent_ = new AgentProcess(kPolicy);
   }
   static void TearDownTestSuite() {
+    if (!agent_) return;
+    // A clean exit status also means no leak report under AddressSanitizer.
+    int status = agent_->stop_agent();
+    EXPECT_EQ(status, 0) << "tapsecd did not shut down cleanly; its log is in " << agent_->dir()
+                         << " (kept with TAPSEC_KEEP_TEST_DIR=1)";
     delete agent_;
     agent_ = nullptr;
   }
@@ -240,6 +257,23 @@ TEST_F(AgentTest, PinnedPeerIsAcceptedAndWrongPinRejected) {
   auto bad = secure_pair(wrong, kServer);
   EXPECT_EQ(bad.client.error_name, "org.tapsec1.Error.PeerNotValidated") << bad.client.error_message;
   close_pair(bad);
+}
+
+TEST_F(AgentTest, ExternalPskByName) {
+  Props client = {{"server-name", std::string("psk.test")}, {"psk", std::string("link")}};
+  Props server = {{"server-name", std::string("psk.test")}, {"psk", std::string("link")}};
+  auto pair = secure_pair(client, server);
+  ASSERT_EQ(pair.client.error_name, "") << pair.client.error_message;
+  ASSERT_EQ(pair.server.error_name, "") << pair.server.error_message;
+  EXPECT_EQ(agent_->get_string(pair.client.association, "PeerIdentity"), "psk:tapsec-link");
+  EXPECT_EQ(agent_->get_string(pair.client.association, "Version"), "TLSv1.3");
+  exchange(pair.client.fd, pair.server.fd, 1 << 20);
+  close_pair(pair);
+
+  Props unknown = {{"server-name", std::string("psk.test")}, {"psk", std::string("no-such-psk")}};
+  auto denied = secure_pair(unknown, server);
+  EXPECT_EQ(denied.client.error_name, "org.tapsec1.Error.PolicyDenied") << denied.client.error_message;
+  close_pair(denied);
 }
 
 TEST_F(AgentTest, WrongHostNameIsRejected) {
@@ -579,6 +613,105 @@ TEST_F(AgentTest, OpensslClientToAgentServer) {
   char ch;
   while (read(result.fd, &ch, 1) == 1 && ch != '\n') reply += ch;
   EXPECT_EQ(reply, "and back");
+  close(result.fd);
+}
+
+std::vector<std::uint8_t> random_bytes(std::size_t size, unsigned seed) {
+  std::vector<std::uint8_t> data(size);
+  std::mt19937 rng(seed);
+  for (auto& x : data) x = static_cast<std::uint8_t>(rng());
+  return data;
+}
+
+std::vector<std::uint8_t> read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::vector<std::uint8_t>((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+TEST_F(AgentTest, OpensslClientSixtyFourMiBEachWay) {
+  const std::string dir = agent_->dir();
+  const std::size_t size = 64 << 20;
+  auto upload = random_bytes(size, 1), download = random_bytes(size, 2);
+  {
+    std::ofstream out(dir + "/upload.bin", std::ios::binary);
+    out.write(reinterpret_cast<const char*>(upload.data()), size);
+  }
+  int listener = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  int one = 1;
+  setsockopt(listener, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  address.sin_port = htons(24435);
+  ASSERT_EQ(bind(listener, reinterpret_cast<sockaddr*>(&address), sizeof(address)), 0);
+  listen(listener, 1);
+  // s_client sends its stdin and writes what it receives to stdout.
+  auto client = spawn_with_pipes({"sh", "-c",
+                                  "exec openssl s_client -connect 127.0.0.1:24435 -CAfile " + dir +
+                                      "/ca.pem -servername server.test -verify_return_error -quiet -nocommands < " +
+                                      dir + "/upload.bin > " + dir + "/download.bin 2>/dev/null"});
+  ASSERT_TRUE(client);
+  int s = accept4(listener, nullptr, nullptr, SOCK_CLOEXEC);
+  close(listener);
+  ASSERT_GE(s, 0);
+  CallResult result;
+  agent_->secure_socket_async(s, "server", kServer, &result);
+  ASSERT_TRUE(agent_->wait({&result}));
+  close(s);
+  ASSERT_EQ(result.error_name, "") << result.error_message;
+  EXPECT_EQ(agent_->get_string(result.association, "Offload"), expected_offload());
+
+  std::vector<std::uint8_t> received(size);
+  std::thread writer([&] { EXPECT_TRUE(write_all(result.fd, download.data(), size)); });
+  EXPECT_TRUE(read_exact(result.fd, received.data(), size));
+  writer.join();
+  EXPECT_TRUE(received == upload) << "64 MiB from openssl s_client arrived altered";
+  // close_notify ends s_client, which has written all it received by then.
+  EXPECT_EQ(agent_->call_association(result.association, "Terminate", ""), "");
+  int status = 0;
+  waitpid(client->pid, &status, 0);
+  client->pid = -1;
+  EXPECT_TRUE(read_file(dir + "/download.bin") == download) << "64 MiB to openssl s_client arrived altered";
+  close(result.fd);
+}
+
+TEST_F(AgentTest, ConnectToOpensslServerSixtyFourMiBEachWay) {
+  const std::string dir = agent_->dir();
+  const std::size_t size = 64 << 20;
+  auto upload = random_bytes(size, 3), download = random_bytes(size, 4);
+  {
+    std::ofstream out(dir + "/served.bin", std::ios::binary);
+    out.write(reinterpret_cast<const char*>(download.data()), size);
+  }
+  // s_server sends its stdin and writes what it receives to stdout. It
+  // closes the connection when its stdin ends, so the input stays open
+  // (our pipe, after the file) until our close_notify ends the connection.
+  auto server = spawn_with_pipes({"sh", "-c",
+                                  "cat " + dir + "/served.bin - | openssl s_server -accept 127.0.0.1:24436 "
+                                  "-naccept 1 -quiet -cert " + dir + "/server.pem -key " + dir +
+                                      "/server.key > " + dir + "/uploaded.bin 2>/dev/null"});
+  ASSERT_TRUE(server);
+  CallResult result;
+  for (int attempt = 0; attempt < 50; ++attempt) {
+    result = CallResult{};
+    agent_->connect_async("127.0.0.1", 24436, kClient, &result);
+    ASSERT_TRUE(agent_->wait({&result}));
+    if (result.error_name.empty()) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  ASSERT_EQ(result.error_name, "") << result.error_message;
+  EXPECT_EQ(agent_->get_string(result.association, "Offload"), expected_offload());
+  std::vector<std::uint8_t> received(size);
+  std::thread writer([&] { EXPECT_TRUE(write_all(result.fd, upload.data(), size)); });
+  EXPECT_TRUE(read_exact(result.fd, received.data(), size));
+  writer.join();
+  EXPECT_TRUE(received == download) << "64 MiB from openssl s_server arrived altered";
+  EXPECT_EQ(agent_->call_association(result.association, "Terminate", ""), "");
+  close(std::exchange(server->in, -1));  // lets the input end once s_server is gone
+  int status = 0;
+  waitpid(server->pid, &status, 0);
+  server->pid = -1;
+  EXPECT_TRUE(read_file(dir + "/uploaded.bin") == upload) << "64 MiB to openssl s_server arrived altered";
   close(result.fd);
 }
 

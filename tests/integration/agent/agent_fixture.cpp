@@ -6,6 +6,7 @@
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -127,6 +128,7 @@ AgentProcess::AgentProcess(const std::string& policy_text) {
   make_certificates(dir_);
   run_or_throw("mkdir -p " + dir_ + "/policy.d");
   write_file(dir_ + "/policy.d/50-test.policy", replace_all(policy_text, "${DIR}", dir_));
+  chmod((dir_ + "/policy.d/50-test.policy").c_str(), 0600);  // it may hold a PSK
 
   bus_address_ = "unix:path=" + dir_ + "/bus";
   write_file(dir_ + "/bus.conf", "<!DOCTYPE busconfig PUBLIC \"-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN\" "

@@ -10,6 +10,7 @@
 #include <string>
 #include <tuple>
 
+#include "agent/engines/tls/context_cache.h"
 #include "tests/unit/tls/test_pki.h"
 #include "tests/unit/tls/test_records.h"
 
@@ -656,6 +657,256 @@ TEST(SessionCacheTest, CapacityAndFlush) {
   EXPECT_EQ(cache->size(), 3u);
   EXPECT_EQ(cache->flush(), 3u);
   EXPECT_EQ(cache->size(), 0u);
+}
+
+// ------------------------------------------------ shared OpenSSL contexts
+// Sessions with equal context-level settings share one SSL_CTX; nothing a
+// single connection configures may reach another through it. Each test
+// creates all its Sessions before driving any handshake, so that a setting
+// leaking through the shared context would be seen by the other Session.
+
+std::uint64_t contexts_built() { return detail::shared_context_cache().contexts_built(); }
+
+Settings server_with_ticket_keys() {
+  static const auto ticket_keys = TicketKeys::generate();
+  Settings s = server_settings();
+  s.ticket_keys = ticket_keys;
+  return s;
+}
+
+TEST(SharedContext, EqualContextSettingsBuildOneContext) {
+  flush_context_cache();
+  const std::uint64_t before = contexts_built();
+  Settings a = client_settings();
+  a.alpn = {"h2"};
+  Settings b = client_settings();
+  b.server_name = "other.test";
+  b.alpn = {"http/1.1"};
+  b.session_cache = std::make_shared<SessionCache>(4);
+  b.session_cache_key = "other.test:443";
+  auto first = make(a);
+  auto second = make(b);
+  ASSERT_TRUE(first && second);
+  EXPECT_EQ(contexts_built(), before + 1);
+  EXPECT_EQ(detail::shared_context_cache().size(), 1u);
+
+  Settings other_groups = client_settings();
+  other_groups.groups = {"P-256"};
+  auto third = make(other_groups);
+  EXPECT_EQ(contexts_built(), before + 2);
+
+  auto server1 = make(server_with_ticket_keys());
+  auto server2 = make(server_with_ticket_keys());
+  EXPECT_EQ(contexts_built(), before + 3);
+  Settings other_identity = server_with_ticket_keys();
+  other_identity.credentials = pki().server_rsa;
+  auto server3 = make(other_identity);
+  EXPECT_EQ(contexts_built(), before + 4);
+
+  // Tickets under a context's own keys must not resume elsewhere: not shared.
+  auto unshared = make(server_settings());
+  EXPECT_EQ(detail::shared_context_cache().size(), 4u);
+
+  flush_context_cache();
+  EXPECT_EQ(detail::shared_context_cache().size(), 0u);
+  auto after_flush = make(a);
+  EXPECT_EQ(contexts_built(), before + 5);
+  // Sessions created before the flush still work on their own context.
+  Pair pair{std::move(first), make(server_with_ticket_keys())};
+  handshake(*pair.client, *pair.server);
+  expect_established(pair);
+}
+
+TEST(ContextCacheTest, EvictsLeastRecentlyUsedAndDoesNotCacheFailures) {
+  detail::ContextCache cache(2);
+  int builds = 0;
+  auto build = [&]() -> std::variant<detail::SslCtxPtr, std::string> {
+    ++builds;
+    return detail::SslCtxPtr(SSL_CTX_new(TLS_client_method()));
+  };
+  auto context_of = [&](const std::string& key) {
+    auto got = cache.acquire(key, {}, build);
+    EXPECT_TRUE(std::holds_alternative<detail::SslCtxPtr>(got));
+    return std::holds_alternative<detail::SslCtxPtr>(got) ? std::get<detail::SslCtxPtr>(got).get() : nullptr;
+  };
+  SSL_CTX* a = context_of("a");
+  context_of("b");
+  EXPECT_EQ(context_of("a"), a);  // "a" is now the most recently used
+  context_of("c");                // evicts "b"
+  EXPECT_EQ(builds, 3);
+  EXPECT_EQ(cache.size(), 2u);
+  EXPECT_EQ(context_of("a"), a);
+  context_of("b");
+  EXPECT_EQ(builds, 4);
+
+  auto failed = cache.acquire("bad", {}, [] { return std::variant<detail::SslCtxPtr, std::string>("no context"); });
+  ASSERT_TRUE(std::holds_alternative<std::string>(failed));
+  EXPECT_EQ(std::get<std::string>(failed), "no context");
+  EXPECT_EQ(cache.size(), 2u);
+  EXPECT_EQ(cache.contexts_built(), 5u);
+  EXPECT_EQ(cache.flush(), 2u);
+}
+
+Settings pinned_client(const std::string& pinned_certificate) {
+  Settings c = client_settings();
+  c.peer_validation = PeerValidation::Pinned;
+  c.spki_sha256_pins = {spki_sha256(pinned_certificate)};
+  return c;
+}
+
+TEST(SharedContext, PinsStayWithTheirSession) {
+  for (bool right_first : {true, false}) {
+    SCOPED_TRACE(right_first ? "right pin first" : "wrong pin first");
+    const std::uint64_t before = contexts_built();
+    std::unique_ptr<Session> right, wrong;
+    if (right_first) {
+      right = make(pinned_client(pki().server_ec_pem));
+      wrong = make(pinned_client(pki().server_rsa_pem));
+    } else {
+      wrong = make(pinned_client(pki().server_rsa_pem));
+      right = make(pinned_client(pki().server_ec_pem));
+    }
+    EXPECT_LE(contexts_built(), before + 1);
+    Pair accepted{std::move(right), make(server_with_ticket_keys())};
+    Pair refused{std::move(wrong), make(server_with_ticket_keys())};
+    handshake(*refused.client, *refused.server);
+    handshake(*accepted.client, *accepted.server);
+    expect_established(accepted);
+    EXPECT_EQ(refused.client->status(), Status::Failed);
+    EXPECT_NE(refused.client->error().find("pinned"), std::string::npos) << refused.client->error();
+  }
+}
+
+TEST(SharedContext, AlpnStaysWithItsSession) {
+  for (bool h2_first : {true, false}) {
+    SCOPED_TRACE(h2_first ? "h2 first" : "http/1.1 first");
+    Settings h2 = client_settings();
+    h2.alpn = {"h2"};
+    Settings http11 = client_settings();
+    http11.alpn = {"http/1.1"};
+    Settings server_both = server_with_ticket_keys();
+    server_both.alpn = {"http/1.1", "h2"};
+    Settings server_none = server_with_ticket_keys();
+
+    std::vector<std::unique_ptr<Session>> clients(2), servers(2);
+    const int h2_index = h2_first ? 0 : 1;
+    clients[h2_index] = make(h2);
+    clients[1 - h2_index] = make(http11);
+    servers[h2_index] = make(server_both);
+    servers[1 - h2_index] = make(server_none);
+    Pair plain{make(client_settings()), make(server_both)};
+    Pair with_h2{std::move(clients[h2_index]), std::move(servers[h2_index])};
+    Pair with_http11{std::move(clients[1 - h2_index]), std::move(servers[1 - h2_index])};
+    for (Pair* pair : {&plain, &with_h2, &with_http11}) handshake(*pair->client, *pair->server);
+
+    expect_established(with_h2);
+    EXPECT_EQ(with_h2.client->info().alpn, "h2");
+    EXPECT_EQ(with_h2.server->info().alpn, "h2");
+    // A server without a list ignores the offer rather than refusing it.
+    expect_established(with_http11);
+    EXPECT_EQ(with_http11.client->info().alpn, "");
+    EXPECT_EQ(with_http11.server->info().alpn, "");
+    expect_established(plain);
+    EXPECT_EQ(plain.client->info().alpn, "");
+  }
+}
+
+TEST(SharedContext, PskStaysWithItsSession) {
+  for (bool psk_first : {true, false}) {
+    SCOPED_TRACE(psk_first ? "PSK sessions first" : "PSK sessions last");
+    Settings psk_client = client_settings();
+    psk_client.psk = ExternalPsk{"device-17", std::vector<std::uint8_t>(32, 0x5a)};
+    Settings psk_server = server_with_ticket_keys();
+    psk_server.psk = psk_client.psk;
+    // TLS 1.2 only: reachable solely by a client whose context still allows 1.2.
+    Settings tls12_server = server_settings();
+    tls12_server.max_version = Version::Tls12;
+
+    std::unique_ptr<Session> with_psk, without_psk, psk_to_plain_server;
+    std::unique_ptr<Session> psk_side, plain_side, plain_server;
+    if (psk_first) {
+      with_psk = make(psk_client);
+      psk_side = make(psk_server);
+      psk_to_plain_server = make(psk_client);
+    }
+    without_psk = make(client_settings());
+    plain_side = make(tls12_server);
+    plain_server = make(server_with_ticket_keys());
+    if (!psk_first) {
+      with_psk = make(psk_client);
+      psk_side = make(psk_server);
+      psk_to_plain_server = make(psk_client);
+    }
+    Pair psk_pair{std::move(with_psk), std::move(psk_side)};
+    Pair plain_pair{std::move(without_psk), std::move(plain_side)};
+    Pair mixed_pair{std::move(psk_to_plain_server), std::move(plain_server)};
+    for (Pair* pair : {&psk_pair, &plain_pair, &mixed_pair}) handshake(*pair->client, *pair->server);
+
+    expect_established(psk_pair);
+    EXPECT_EQ(psk_pair.client->info().peer_identity, "psk:device-17");
+    EXPECT_EQ(psk_pair.server->info().peer_identity, "psk:device-17");
+    expect_established(plain_pair);
+    EXPECT_EQ(plain_pair.client->info().version, "TLSv1.2");
+    EXPECT_NE(plain_pair.client->info().peer_identity.find("CN=server.test"), std::string::npos);
+    // The server without the PSK must not find one through the shared context.
+    expect_established(mixed_pair);
+    EXPECT_NE(mixed_pair.client->info().peer_identity.find("CN=server.test"), std::string::npos);
+    EXPECT_EQ(mixed_pair.server->info().peer_identity, "");
+  }
+}
+
+TEST(SharedContext, ApplicationDecisionsStayWithTheirSession) {
+  for (bool accept_first : {true, false}) {
+    SCOPED_TRACE(accept_first ? "accept first" : "reject first");
+    Settings c = client_settings();
+    c.peer_validation = PeerValidation::Application;
+    Pair accepted = connect(c, server_with_ticket_keys());
+    Pair rejected = connect(c, server_with_ticket_keys());
+    ASSERT_EQ(accepted.client->status(), Status::NeedPeerValidation) << accepted.client->error();
+    ASSERT_EQ(rejected.client->status(), Status::NeedPeerValidation) << rejected.client->error();
+    if (accept_first) {
+      EXPECT_EQ(accepted.client->resolve_peer_validation(true, ""), Status::WantRecord);
+      EXPECT_EQ(rejected.client->resolve_peer_validation(false, "not this one"), Status::Failed);
+    } else {
+      EXPECT_EQ(rejected.client->resolve_peer_validation(false, "not this one"), Status::Failed);
+      EXPECT_EQ(accepted.client->resolve_peer_validation(true, ""), Status::WantRecord);
+    }
+    handshake(*accepted.client, *accepted.server);
+    expect_established(accepted);
+    EXPECT_NE(rejected.client->error().find("not this one"), std::string::npos) << rejected.client->error();
+
+    // A later Session on the same context starts undecided again.
+    Pair later = connect(c, server_with_ticket_keys());
+    EXPECT_EQ(later.client->status(), Status::NeedPeerValidation) << later.client->error();
+  }
+}
+
+TEST(SharedContext, TicketsResumeOnlyUnderTheSameValidationSettings) {
+  auto cache = std::make_shared<SessionCache>(16);
+  Settings c = client_settings();
+  c.credentials = pki().client;
+  c.session_cache = cache;
+  c.session_cache_key = "k";
+  Settings pins_client_key = server_with_ticket_keys();
+  pins_client_key.require_peer_certificate = true;
+  pins_client_key.peer_validation = PeerValidation::Pinned;
+  pins_client_key.spki_sha256_pins = {spki_sha256(pki().client_pem)};
+  Settings also_pins_another = pins_client_key;
+  also_pins_another.spki_sha256_pins.push_back(spki_sha256(pki().server_rsa_pem));
+
+  const std::uint64_t before = contexts_built();
+  Pair first = connect(c, pins_client_key);
+  expect_established(first);
+  deliver(*first.server, *first.client);
+  ASSERT_GE(cache->size(), 1u);
+  Pair other_pins = connect(c, also_pins_another);
+  expect_established(other_pins);
+  EXPECT_FALSE(other_pins.server->info().resumed);
+  EXPECT_LE(contexts_built(), before + 2);  // one client and one server context at most
+  deliver(*other_pins.server, *other_pins.client);
+  Pair same_pins = connect(c, also_pins_another);
+  expect_established(same_pins);
+  EXPECT_TRUE(same_pins.server->info().resumed);
 }
 
 // ------------------------------------------------------ post-handshake use
