@@ -70,6 +70,22 @@ std::string scan_error_text(const SocketRef& ref, int error) {
 
 }  // namespace
 
+Result<pid_t> find_socket_holder(ino_t inode) {
+  UniqueDir proc(::opendir("/proc"));
+  if (!proc) return Result<pid_t>::failure("cannot list /proc: " + describe_errno(errno), errno);
+  const pid_t self = ::getpid();
+  while (dirent* entry = ::readdir(proc.get())) {
+    pid_t pid = 0;
+    const char* name = entry->d_name;
+    const char* name_end = name + std::char_traits<char>::length(name);
+    auto [end, ec] = std::from_chars(name, name_end, pid);
+    if (ec != std::errc() || end != name_end || pid == self) continue;
+    int fd_number = -1;
+    if (scan_fd_directory(SocketRef{pid, inode}, fd_number) == 0) return Result<pid_t>::success(pid);
+  }
+  return Result<pid_t>::failure("no process holds socket inode " + std::to_string(inode), ENOENT);
+}
+
 Result<ino_t> socket_inode(int fd) {
   struct stat status {};
   if (::fstat(fd, &status) != 0) {

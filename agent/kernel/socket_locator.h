@@ -42,6 +42,10 @@ Result<int> find_socket_fd_number(const SocketRef& ref);
 // denied, or the kernel lacks pidfd_getfd (Linux 5.6).
 Result<core::UniqueFd> borrow_socket(const SocketRef& ref);
 
+// Some process other than this one that holds a fd to the socket: where an
+// application handed its socket on (a fork, fd passing) and closed its own.
+Result<pid_t> find_socket_holder(ino_t inode);
+
 // Whether the owner still has a fd referring to the socket. A scan that
 // fails for another reason (permissions) reports the error instead.
 Result<bool> socket_alive(const SocketRef& ref);

@@ -208,74 +208,75 @@ void Agent::connect(const bus::CallerCredentials& caller, const std::string& hos
 
   auto* raw = pending.get();
   connects_[id] = std::move(pending);
-
-  auto fail = [this, id](std::string message) {
-    auto it = connects_.find(id);
-    if (it == connects_.end()) return;
-    auto owned = std::move(it->second);
-    connects_.erase(it);
-    if (owned->watch) reactor_.unwatch(owned->watch);
-    if (owned->timer) reactor_.cancel_timer(owned->timer);
-    owned->request.done(make_error("HandshakeFailed", std::move(message)));
-  };
-
-  // Tries the resolved addresses in turn with non-blocking connects.
-  auto try_next = std::make_shared<std::function<void()>>();
-  *try_next = [this, id, raw, fail, try_next] {
-    while (raw->next_address < raw->addresses->size()) {
-      const auto& address = (*raw->addresses)[raw->next_address++];
-      core::UniqueFd fd(::socket(address.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, IPPROTO_TCP));
-      if (!fd) continue;
-      socklen_t len = address.ss_family == AF_INET ? sizeof(sockaddr_in) : sizeof(sockaddr_in6);
-      if (::connect(fd.get(), reinterpret_cast<const sockaddr*>(&address), len) != 0 && errno != EINPROGRESS) {
-        raw->last_error = std::strerror(errno);
-        continue;
-      }
-      raw->request.fd = std::move(fd);
-      raw->watch = reactor_.watch(raw->request.fd.get(), POLLOUT, [this, id, raw, fail, try_next](std::uint32_t) {
-        reactor_.unwatch(std::exchange(raw->watch, 0));
-        int so_error = 0;
-        socklen_t l = sizeof(so_error);
-        ::getsockopt(raw->request.fd.get(), SOL_SOCKET, SO_ERROR, &so_error, &l);
-        if (so_error != 0) {
-          raw->last_error = std::strerror(so_error);
-          raw->request.fd.reset();
-          (*try_next)();
-          return;
-        }
-        // Connected: the application gets an ordinary blocking socket.
-        int flags = ::fcntl(raw->request.fd.get(), F_GETFL);
-        ::fcntl(raw->request.fd.get(), F_SETFL, flags & ~O_NONBLOCK);
-        auto it = connects_.find(id);
-        auto owned = std::move(it->second);
-        connects_.erase(it);
-        if (owned->timer) reactor_.cancel_timer(owned->timer);
-        auto socket = kernel::check_offload_candidate(owned->request.fd.get());
-        if (!socket) {
-          owned->request.done(make_error("Internal", "the connected socket cannot be offloaded: " + socket.error()));
-          return;
-        }
-        owned->request.socket = socket.value();
-        start_tls(std::move(owned->request));
-      });
-      return;
-    }
-    fail("cannot connect to " + raw->request.host + " port " + std::to_string(raw->request.port) +
-         (raw->last_error.empty() ? std::string() : ": " + raw->last_error));
-  };
-
-  raw->watch = reactor_.watch(event_fd, POLLIN, [this, raw, fail, try_next](std::uint32_t) {
+  raw->watch = reactor_.watch(event_fd, POLLIN, [this, id, raw](std::uint32_t) {
     reactor_.unwatch(std::exchange(raw->watch, 0));
     if (!raw->resolve_error->empty()) {
-      fail(*raw->resolve_error);
+      fail_connect(id, *raw->resolve_error);
       return;
     }
-    (*try_next)();
+    connect_next_address(id);
   });
-  raw->timer = reactor_.add_timer(std::chrono::milliseconds(raw->request.props.timeout_ms), [raw, fail] {
+  raw->timer = reactor_.add_timer(std::chrono::milliseconds(raw->request.props.timeout_ms), [this, id, raw] {
     raw->timer = 0;
-    fail("connecting to " + raw->request.host + " timed out");
+    fail_connect(id, "connecting to " + raw->request.host + " timed out");
   });
+}
+
+void Agent::fail_connect(std::uint64_t id, std::string message) {
+  auto it = connects_.find(id);
+  if (it == connects_.end()) return;
+  auto owned = std::move(it->second);
+  connects_.erase(it);
+  if (owned->watch) reactor_.unwatch(owned->watch);
+  if (owned->timer) reactor_.cancel_timer(owned->timer);
+  owned->request.done(make_error("HandshakeFailed", std::move(message)));
+}
+
+// Tries the resolved addresses in turn with non-blocking connects.
+void Agent::connect_next_address(std::uint64_t id) {
+  auto it = connects_.find(id);
+  if (it == connects_.end()) return;
+  auto* raw = it->second.get();
+  while (raw->next_address < raw->addresses->size()) {
+    const auto& address = (*raw->addresses)[raw->next_address++];
+    core::UniqueFd fd(::socket(address.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, IPPROTO_TCP));
+    if (!fd) continue;
+    socklen_t len = address.ss_family == AF_INET ? sizeof(sockaddr_in) : sizeof(sockaddr_in6);
+    if (::connect(fd.get(), reinterpret_cast<const sockaddr*>(&address), len) != 0 && errno != EINPROGRESS) {
+      raw->last_error = std::strerror(errno);
+      continue;
+    }
+    raw->request.fd = std::move(fd);
+    raw->watch = reactor_.watch(raw->request.fd.get(), POLLOUT, [this, id, raw](std::uint32_t) {
+      reactor_.unwatch(std::exchange(raw->watch, 0));
+      int so_error = 0;
+      socklen_t l = sizeof(so_error);
+      ::getsockopt(raw->request.fd.get(), SOL_SOCKET, SO_ERROR, &so_error, &l);
+      if (so_error != 0) {
+        raw->last_error = std::strerror(so_error);
+        raw->request.fd.reset();
+        connect_next_address(id);
+        return;
+      }
+      // Connected: the application gets an ordinary blocking socket.
+      int flags = ::fcntl(raw->request.fd.get(), F_GETFL);
+      ::fcntl(raw->request.fd.get(), F_SETFL, flags & ~O_NONBLOCK);
+      auto found = connects_.find(id);
+      auto owned = std::move(found->second);
+      connects_.erase(found);
+      if (owned->timer) reactor_.cancel_timer(owned->timer);
+      auto socket = kernel::check_offload_candidate(owned->request.fd.get());
+      if (!socket) {
+        owned->request.done(make_error("Internal", "the connected socket cannot be offloaded: " + socket.error()));
+        return;
+      }
+      owned->request.socket = socket.value();
+      start_tls(std::move(owned->request));
+    });
+    return;
+  }
+  fail_connect(id, "cannot connect to " + raw->request.host + " port " + std::to_string(raw->request.port) +
+                       (raw->last_error.empty() ? std::string() : ": " + raw->last_error));
 }
 
 std::optional<bus::BusError> Agent::check_offload_possible(const bus::SecurityProperties& props,
@@ -613,11 +614,11 @@ std::optional<bus::AssociationInfo> Agent::association(std::uint64_t id) const {
   auto it = associations_.find(id);
   if (it == associations_.end()) return std::nullopt;
   auto info = it->second->info;
-  const auto& a = *it->second;
+  auto& a = *it->second;  // the holder's pid may be refreshed
   if (a.channel) {
     info.bytes_sent = a.channel->bytes_sent();
     info.bytes_received = a.channel->bytes_received();
-  } else if (auto fd = kernel::borrow_socket({a.owner_pid, a.socket_inode})) {
+  } else if (auto fd = borrow_socket(a)) {
     // The kernel carries the records: count what TCP carried (records
     // included), as the agent never sees the plaintext.
     if (auto socket = kernel::inspect_tcp_socket(fd.value().get())) {
@@ -654,7 +655,7 @@ std::optional<bus::BusError> Agent::update_keys(const bus::CallerCredentials& ca
                         "this kernel (" + capabilities_.kernel_release +
                             ") cannot replace kTLS keys on a live socket; a key update needs a newer kernel");
     }
-    auto located = kernel::borrow_socket({a.owner_pid, a.socket_inode});
+    auto located = borrow_socket(a);
     if (!located) return make_error("NoSuchAssociation", "the association's socket is gone: " + located.error());
     auto fd = std::move(located.value());
     auto followed = follow_peer_key_update(a, fd.get());
@@ -741,7 +742,7 @@ std::optional<bus::BusError> Agent::terminate(const bus::CallerCredentials& call
     a.channel->terminate();  // its close callback removes the association
     return std::nullopt;
   }
-  if (auto located = kernel::borrow_socket({a.owner_pid, a.socket_inode})) {
+  if (auto located = borrow_socket(a)) {
     kernel::send_record(located.value().get(), kernel::content_type::alert, kernel::close_notify_alert);
     ::shutdown(located.value().get(), SHUT_RDWR);
   }
@@ -761,13 +762,31 @@ void Agent::remove_association(std::uint64_t id, const std::string& reason) {
   }
 }
 
+bool Agent::adopt_new_holder(Association& a) const {
+  auto holder = kernel::find_socket_holder(a.socket_inode);
+  if (!holder) return false;
+  core::log::debug("socket handed on", {{"id", std::to_string(a.info.id)},
+                                        {"from", std::to_string(a.owner_pid)},
+                                        {"to", std::to_string(holder.value())}});
+  a.owner_pid = holder.value();
+  return true;
+}
+
+kernel::Result<core::UniqueFd> Agent::borrow_socket(Association& a) const {
+  auto fd = kernel::borrow_socket({a.owner_pid, a.socket_inode});
+  if (!fd && (fd.error_number() == ENOENT || fd.error_number() == ESRCH) && adopt_new_holder(a)) {
+    fd = kernel::borrow_socket({a.owner_pid, a.socket_inode});
+  }
+  return fd;
+}
+
 void Agent::check_liveness() {
   liveness_timer_ = reactor_.add_timer(options_.liveness_interval, [this] { check_liveness(); });
   std::vector<std::uint64_t> gone;
   for (const auto& [id, a] : associations_) {
     if (a->channel) continue;  // the channel notices closes itself
     auto alive = kernel::socket_alive({a->owner_pid, a->socket_inode});
-    if (alive && !alive.value()) gone.push_back(id);
+    if (alive && !alive.value() && !adopt_new_holder(*a)) gone.push_back(id);
   }
   for (auto id : gone) remove_association(id, "the application closed the socket");
 }

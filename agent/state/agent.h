@@ -16,6 +16,7 @@
 #include "agent/engines/tls/tls_engine.h"
 #include "agent/kernel/capability.h"
 #include "agent/kernel/socket_info.h"
+#include "agent/kernel/socket_locator.h"
 #include "agent/state/tls_handshake.h"
 #include "agent/state/userspace_channel.h"
 #include "tapsec/policy.h"
@@ -73,6 +74,8 @@ class Agent : public bus::Backend {
   };
 
   void start_tls(TlsRequest request);
+  void connect_next_address(std::uint64_t id);
+  void fail_connect(std::uint64_t id, std::string message);
   void finish_handshake(std::uint64_t id, const HandshakeFailure* failure);
   std::variant<tls::Settings, bus::BusError> build_settings(const TlsRequest& request,
                                                             const policy::Decision& decision);
@@ -88,6 +91,10 @@ class Agent : public bus::Backend {
   enum class PeerKeyUpdate { None, Followed, FollowedAndAsked };
   std::variant<PeerKeyUpdate, bus::BusError> follow_peer_key_update(Association& a, int fd);
   void remove_association(std::uint64_t id, const std::string& reason);
+  // The kTLS socket of an association, found again in its holder's fd
+  // table; follows it when the application handed it to another process.
+  kernel::Result<core::UniqueFd> borrow_socket(Association& a) const;
+  bool adopt_new_holder(Association& a) const;
   void check_liveness();
 
   core::Reactor& reactor_;

@@ -11,6 +11,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -127,6 +128,7 @@ class AgentTest : public ::testing::Test {
 
  public:
   static sd_bus* bus_of_agent() { return agent_->bus(); }
+  static AgentProcess* agent() { return agent_; }
 };
 AgentProcess* AgentTest::agent_ = nullptr;
 
@@ -582,17 +584,26 @@ TEST_F(AgentTest, ConnectToOpensslServer) {
   close(result.fd);
 }
 
-TEST_F(AgentTest, OpensslClientToAgentServer) {
-  const std::string dir = agent_->dir();
+// A listening TCP socket on 127.0.0.1:port, or -1.
+int listen_loopback(std::uint16_t port) {
   int listener = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   int one = 1;
   setsockopt(listener, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
   sockaddr_in address{};
   address.sin_family = AF_INET;
   address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  address.sin_port = htons(24434);
-  ASSERT_EQ(bind(listener, reinterpret_cast<sockaddr*>(&address), sizeof(address)), 0);
-  listen(listener, 1);
+  address.sin_port = htons(port);
+  if (bind(listener, reinterpret_cast<sockaddr*>(&address), sizeof(address)) != 0 || listen(listener, 1) != 0) {
+    close(listener);
+    return -1;
+  }
+  return listener;
+}
+
+TEST_F(AgentTest, OpensslClientToAgentServer) {
+  const std::string dir = agent_->dir();
+  int listener = listen_loopback(24434);
+  ASSERT_GE(listener, 0);
   auto client = spawn_with_pipes({"openssl", "s_client", "-connect", "127.0.0.1:24434", "-CAfile", dir + "/ca.pem",
                                   "-servername", "server.test", "-verify_return_error", "-quiet"});
   ASSERT_TRUE(client);
@@ -628,6 +639,30 @@ std::vector<std::uint8_t> read_file(const std::string& path) {
   return std::vector<std::uint8_t>((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
 }
 
+// Sends `out` and receives `in` over the agent's fd at once, checks what
+// arrived, then terminates the association and waits for the OpenSSL peer.
+void exchange_then_terminate(CallResult& result, Child& peer, const std::vector<std::uint8_t>& out,
+                             const std::vector<std::uint8_t>& in, const std::string& peer_output) {
+  std::vector<std::uint8_t> received(in.size());
+  std::thread writer([&] { EXPECT_TRUE(write_all(result.fd, out.data(), out.size())); });
+  EXPECT_TRUE(read_exact(result.fd, received.data(), received.size()));
+  writer.join();
+  EXPECT_TRUE(received == in) << "the data from the OpenSSL peer arrived altered";
+  EXPECT_EQ(AgentTest::agent()->call_association(result.association, "Terminate", ""), "");
+  // s_server hangs up as soon as its input ends: wait (bounded) until it
+  // has written out everything we sent before ending its input.
+  for (int i = 0; i < 600; ++i) {
+    struct stat st {};
+    if (stat(peer_output.c_str(), &st) == 0 && static_cast<std::size_t>(st.st_size) >= out.size()) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  close(std::exchange(peer.in, -1));
+  int status = 0;
+  waitpid(peer.pid, &status, 0);
+  peer.pid = -1;
+  close(result.fd);
+}
+
 TEST_F(AgentTest, OpensslClientSixtyFourMiBEachWay) {
   const std::string dir = agent_->dir();
   const std::size_t size = 64 << 20;
@@ -636,15 +671,8 @@ TEST_F(AgentTest, OpensslClientSixtyFourMiBEachWay) {
     std::ofstream out(dir + "/upload.bin", std::ios::binary);
     out.write(reinterpret_cast<const char*>(upload.data()), size);
   }
-  int listener = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  int one = 1;
-  setsockopt(listener, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-  sockaddr_in address{};
-  address.sin_family = AF_INET;
-  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  address.sin_port = htons(24435);
-  ASSERT_EQ(bind(listener, reinterpret_cast<sockaddr*>(&address), sizeof(address)), 0);
-  listen(listener, 1);
+  int listener = listen_loopback(24435);
+  ASSERT_GE(listener, 0);
   // s_client sends its stdin and writes what it receives to stdout.
   auto client = spawn_with_pipes({"sh", "-c",
                                   "exec openssl s_client -connect 127.0.0.1:24435 -CAfile " + dir +
@@ -661,18 +689,9 @@ TEST_F(AgentTest, OpensslClientSixtyFourMiBEachWay) {
   ASSERT_EQ(result.error_name, "") << result.error_message;
   EXPECT_EQ(agent_->get_string(result.association, "Offload"), expected_offload());
 
-  std::vector<std::uint8_t> received(size);
-  std::thread writer([&] { EXPECT_TRUE(write_all(result.fd, download.data(), size)); });
-  EXPECT_TRUE(read_exact(result.fd, received.data(), size));
-  writer.join();
-  EXPECT_TRUE(received == upload) << "64 MiB from openssl s_client arrived altered";
   // close_notify ends s_client, which has written all it received by then.
-  EXPECT_EQ(agent_->call_association(result.association, "Terminate", ""), "");
-  int status = 0;
-  waitpid(client->pid, &status, 0);
-  client->pid = -1;
+  exchange_then_terminate(result, *client, download, upload, dir + "/download.bin");
   EXPECT_TRUE(read_file(dir + "/download.bin") == download) << "64 MiB to openssl s_client arrived altered";
-  close(result.fd);
 }
 
 TEST_F(AgentTest, ConnectToOpensslServerSixtyFourMiBEachWay) {
@@ -701,18 +720,8 @@ TEST_F(AgentTest, ConnectToOpensslServerSixtyFourMiBEachWay) {
   }
   ASSERT_EQ(result.error_name, "") << result.error_message;
   EXPECT_EQ(agent_->get_string(result.association, "Offload"), expected_offload());
-  std::vector<std::uint8_t> received(size);
-  std::thread writer([&] { EXPECT_TRUE(write_all(result.fd, upload.data(), size)); });
-  EXPECT_TRUE(read_exact(result.fd, received.data(), size));
-  writer.join();
-  EXPECT_TRUE(received == download) << "64 MiB from openssl s_server arrived altered";
-  EXPECT_EQ(agent_->call_association(result.association, "Terminate", ""), "");
-  close(std::exchange(server->in, -1));  // lets the input end once s_server is gone
-  int status = 0;
-  waitpid(server->pid, &status, 0);
-  server->pid = -1;
+  exchange_then_terminate(result, *server, upload, download, dir + "/uploaded.bin");
   EXPECT_TRUE(read_file(dir + "/uploaded.bin") == upload) << "64 MiB to openssl s_server arrived altered";
-  close(result.fd);
 }
 
 TEST_F(AgentTest, CleanShutdownOnSigterm) {

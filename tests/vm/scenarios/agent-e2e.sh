@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# tapsec-vm: timeout=240
+# tapsec-vm: timeout=480
 # tapsecd end to end with kTLS: the host suite's cases (agent <-> agent,
 # OpenSSL s_server and s_client, TLS 1.2, resumption, ALPN, pins, an
 # application validator, 64 MiB each way, bad input) on a kernel that has
