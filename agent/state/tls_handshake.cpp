@@ -76,7 +76,12 @@ void TlsHandshake::read_records() {
     ssize_t n = ::recv(fd_, peek_buffer_.data(), peek_buffer_.size(), MSG_PEEK | MSG_DONTWAIT);
     if (n < 0) {
       if (errno == EINTR) continue;
-      if (errno == EAGAIN || errno == EWOULDBLOCK) return;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        // A server sends its tickets in one flight: once some arrived and
+        // nothing follows them, the flight is over.
+        if (phase_ == Phase::Tickets && tickets_taken_ > 0) finish_after_flush();
+        return;
+      }
       fail(kHandshakeFailed, std::string("reading from the socket failed: ") + std::strerror(errno));
       return;
     }
@@ -136,6 +141,7 @@ void TlsHandshake::read_records() {
         fail(kHandshakeFailed, "processing a post-handshake record failed: " + session_->error());
         return;
       }
+      ++tickets_taken_;
       continue;
     }
     handle_status(status);
@@ -206,10 +212,11 @@ void TlsHandshake::enter_ticket_window() {
   // A TLS 1.3 server sends its tickets as soon as it has our Finished, one
   // round trip from now. The round trip measured during the handshake
   // includes the server's own handshake work, so it also stands for how
-  // quickly this server answers. Wait three of those, bounded both ways.
+  // quickly this server answers. Wait two of those, bounded both ways; the
+  // wait ends early once the ticket flight has been taken.
   using namespace std::chrono;
   auto rtt = round_trip_measured_ ? duration_cast<microseconds>(round_trip_) : microseconds(10000);
-  auto window = std::clamp(3 * rtt + microseconds(2000), microseconds(3000), microseconds(200000));
+  auto window = std::clamp(2 * rtt + microseconds(1000), microseconds(2000), microseconds(200000));
   phase_ = Phase::Tickets;
   ticket_timer_ = reactor_.add_timer(window, [this] {
     ticket_timer_ = 0;
