@@ -212,11 +212,11 @@ void TlsHandshake::enter_ticket_window() {
   // A TLS 1.3 server sends its tickets as soon as it has our Finished, one
   // round trip from now. The round trip measured during the handshake
   // includes the server's own handshake work, so it also stands for how
-  // quickly this server answers. Wait two of those, bounded both ways; the
-  // wait ends early once the ticket flight has been taken.
+  // quickly this server answers. Wait three of those, bounded both ways;
+  // the wait ends early once the ticket flight has been taken.
   using namespace std::chrono;
   auto rtt = round_trip_measured_ ? duration_cast<microseconds>(round_trip_) : microseconds(10000);
-  auto window = std::clamp(2 * rtt + microseconds(1000), microseconds(2000), microseconds(200000));
+  auto window = std::clamp(3 * rtt + microseconds(2000), microseconds(3000), microseconds(200000));
   phase_ = Phase::Tickets;
   ticket_timer_ = reactor_.add_timer(window, [this] {
     ticket_timer_ = 0;

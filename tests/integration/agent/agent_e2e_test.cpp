@@ -212,6 +212,7 @@ TEST_F(AgentTest, Tls12WhenAsked) {
 }
 
 TEST_F(AgentTest, SecondConnectionResumes) {
+  agent_->flush_session_cache();  // tickets from earlier tests would resume the first one
   auto first = secure_pair(kClient, kServer);
   ASSERT_EQ(first.client.error_name, "") << first.client.error_message;
   exchange(first.client.fd, first.server.fd, 1024);  // the tickets have arrived by now
@@ -222,6 +223,31 @@ TEST_F(AgentTest, SecondConnectionResumes) {
   EXPECT_TRUE(agent_->get_bool(second.client.association, "Resumed"));
   exchange(second.client.fd, second.server.fd, 1024);
   close_pair(second);
+}
+
+TEST_F(AgentTest, FlushedSessionCacheMeansNoResumption) {
+  agent_->flush_session_cache();  // start from a full handshake
+  auto first = secure_pair(kClient, kServer);
+  ASSERT_EQ(first.client.error_name, "") << first.client.error_message;
+  exchange(first.client.fd, first.server.fd, 1024);
+  close_pair(first);
+  EXPECT_GE(agent_->flush_session_cache(), 1);
+  auto second = secure_pair(kClient, kServer);
+  ASSERT_EQ(second.client.error_name, "") << second.client.error_message;
+  EXPECT_FALSE(agent_->get_bool(second.client.association, "Resumed"));
+  close_pair(second);
+}
+
+TEST_F(AgentTest, AlgorithmsAreNarrowedAsAsked) {
+  Props client = kClient;
+  client.push_back({"algorithms", Algorithms{{"groups", {"P-256"}}, {"ciphersuites", {"TLS_CHACHA20_POLY1305_SHA256"}}}});
+  client.push_back({"session-cache", false});
+  auto pair = secure_pair(client, kServer);
+  ASSERT_EQ(pair.client.error_name, "") << pair.client.error_message;
+  EXPECT_EQ(agent_->get_string(pair.client.association, "Group"), "P-256");
+  EXPECT_EQ(agent_->get_string(pair.client.association, "Cipher"), "TLS_CHACHA20_POLY1305_SHA256");
+  exchange(pair.client.fd, pair.server.fd, 1 << 20);
+  close_pair(pair);
 }
 
 TEST_F(AgentTest, AlpnIsNegotiated) {

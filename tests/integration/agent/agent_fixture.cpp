@@ -102,6 +102,19 @@ void append_props(sd_bus_message* m, const Props& props) {
       sd_bus_message_append(m, "v", "s", s->c_str());
     } else if (auto* b = std::get_if<bool>(&value)) {
       sd_bus_message_append(m, "v", "b", static_cast<int>(*b));
+    } else if (auto* algorithms = std::get_if<Algorithms>(&value)) {
+      sd_bus_message_open_container(m, 'v', "a{sas}");
+      sd_bus_message_open_container(m, 'a', "{sas}");
+      for (const auto& [kind, names] : *algorithms) {
+        sd_bus_message_open_container(m, 'e', "sas");
+        sd_bus_message_append(m, "s", kind.c_str());
+        sd_bus_message_open_container(m, 'a', "s");
+        for (const auto& name : names) sd_bus_message_append(m, "s", name.c_str());
+        sd_bus_message_close_container(m);
+        sd_bus_message_close_container(m);
+      }
+      sd_bus_message_close_container(m);
+      sd_bus_message_close_container(m);
     } else if (auto* o = std::get_if<ObjectPath>(&value)) {
       sd_bus_message_append(m, "v", "o", o->path.c_str());
     } else if (auto* u = std::get_if<std::uint32_t>(&value)) {
@@ -307,6 +320,17 @@ std::vector<std::uint8_t> AgentProcess::export_keying_material(const std::string
   }
   sd_bus_error_free(&error);
   return out;
+}
+
+long AgentProcess::flush_session_cache() {
+  sd_bus_message* reply = nullptr;
+  if (sd_bus_call_method(bus_, "org.tapsec1", "/org/tapsec1", "org.tapsec1.Manager", "FlushSessionCache", nullptr,
+                         &reply, "") < 0)
+    return -1;
+  std::uint32_t removed = 0;
+  sd_bus_message_read(reply, "u", &removed);
+  sd_bus_message_unref(reply);
+  return removed;
 }
 
 std::size_t AgentProcess::agent_fd_count() const {

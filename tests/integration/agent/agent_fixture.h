@@ -17,7 +17,8 @@ namespace tapsec::testing {
 struct ObjectPath {
   std::string path;
 };
-using PropValue = std::variant<std::string, std::vector<std::string>, bool, std::uint32_t, ObjectPath>;
+using Algorithms = std::map<std::string, std::vector<std::string>>;  // a{sas}
+using PropValue = std::variant<std::string, std::vector<std::string>, bool, std::uint32_t, ObjectPath, Algorithms>;
 using Props = std::vector<std::pair<std::string, PropValue>>;
 
 struct CallResult {
@@ -58,6 +59,8 @@ class AgentProcess {
   std::vector<std::uint8_t> export_keying_material(const std::string& path, const std::string& label,
                                                     std::uint32_t length, std::string* error_name);
   std::size_t agent_fd_count() const;
+  // Manager.FlushSessionCache(); returns the entries removed, or -1.
+  long flush_session_cache();
 
  private:
   std::string dir_;
