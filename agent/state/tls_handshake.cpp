@@ -76,12 +76,7 @@ void TlsHandshake::read_records() {
     ssize_t n = ::recv(fd_, peek_buffer_.data(), peek_buffer_.size(), MSG_PEEK | MSG_DONTWAIT);
     if (n < 0) {
       if (errno == EINTR) continue;
-      if (errno == EAGAIN || errno == EWOULDBLOCK) {
-        // A server sends its tickets in one flight: once some arrived and
-        // nothing follows them, the flight is over.
-        if (phase_ == Phase::Tickets && tickets_taken_ > 0) finish_after_flush();
-        return;
-      }
+      if (errno == EAGAIN || errno == EWOULDBLOCK) return;
       fail(kHandshakeFailed, std::string("reading from the socket failed: ") + std::strerror(errno));
       return;
     }
@@ -141,7 +136,6 @@ void TlsHandshake::read_records() {
         fail(kHandshakeFailed, "processing a post-handshake record failed: " + session_->error());
         return;
       }
-      ++tickets_taken_;
       continue;
     }
     handle_status(status);
@@ -212,8 +206,9 @@ void TlsHandshake::enter_ticket_window() {
   // A TLS 1.3 server sends its tickets as soon as it has our Finished, one
   // round trip from now. The round trip measured during the handshake
   // includes the server's own handshake work, so it also stands for how
-  // quickly this server answers. Wait three of those, bounded both ways;
-  // the wait ends early once the ticket flight has been taken.
+  // quickly this server answers. Wait three of those, bounded both ways.
+  // (Ending early once some tickets arrived is wrong: servers may write
+  // each ticket separately, and a late one would reach the application.)
   using namespace std::chrono;
   auto rtt = round_trip_measured_ ? duration_cast<microseconds>(round_trip_) : microseconds(10000);
   auto window = std::clamp(3 * rtt + microseconds(2000), microseconds(3000), microseconds(200000));

@@ -80,7 +80,6 @@ class TlsHandshake {
   std::chrono::steady_clock::time_point first_flight_sent_{};
   std::chrono::steady_clock::duration round_trip_{};
   bool round_trip_measured_ = false;
-  unsigned tickets_taken_ = 0;
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
 };
 
