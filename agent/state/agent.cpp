@@ -4,7 +4,6 @@
 #include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
-#include <openssl/evp.h>
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
@@ -62,19 +61,6 @@ bool is_ip_literal(const std::string& host) {
   in6_addr a6;
   in_addr a4;
   return inet_pton(AF_INET, host.c_str(), &a4) == 1 || inet_pton(AF_INET6, host.c_str(), &a6) == 1;
-}
-
-std::optional<std::array<std::uint8_t, 32>> parse_pin(const std::string& pin) {
-  constexpr std::string_view prefix = "sha256/";
-  if (pin.rfind(prefix, 0) != 0) return std::nullopt;
-  std::string b64 = pin.substr(prefix.size());
-  if (b64.size() != 44) return std::nullopt;
-  std::uint8_t decoded[33];
-  int n = EVP_DecodeBlock(decoded, reinterpret_cast<const unsigned char*>(b64.data()), static_cast<int>(b64.size()));
-  if (n != 33) return std::nullopt;  // 32 bytes plus one from the '=' padding
-  std::array<std::uint8_t, 32> digest;
-  std::copy(decoded, decoded + 32, digest.begin());
-  return digest;
 }
 
 // Splits "ip:port" of the peer for the policy's address and port matchers.
@@ -453,7 +439,7 @@ std::variant<tls::Settings, bus::BusError> Agent::build_settings(const TlsReques
     settings.peer_validation = tls::PeerValidation::Pinned;
     if (props.peer_pins.empty()) return make_error("InvalidArgument", "peer-validation \"pinned\" needs peer-pins");
     for (const auto& pin : props.peer_pins) {
-      auto digest = parse_pin(pin);
+      auto digest = tls::parse_spki_pin(pin);
       if (!digest) {
         return make_error("InvalidArgument", "peer pin \"" + pin + "\" is not of the form sha256/<base64 of 32 bytes>");
       }

@@ -626,6 +626,22 @@ int listen_loopback(std::uint16_t port) {
   return listener;
 }
 
+// Accepts one connection on `listener` (then closed) and secures it as the
+// server through the agent.
+CallResult accept_and_secure(int listener) {
+  CallResult result;
+  int s = accept4(listener, nullptr, nullptr, SOCK_CLOEXEC);
+  close(listener);
+  if (s < 0) {
+    result.error_name = "test.AcceptFailed";
+    return result;
+  }
+  AgentTest::agent()->secure_socket_async(s, "server", kServer, &result);
+  if (!AgentTest::agent()->wait({&result})) result.error_name = "test.NoReply";
+  close(s);
+  return result;
+}
+
 TEST_F(AgentTest, OpensslClientToAgentServer) {
   const std::string dir = agent_->dir();
   int listener = listen_loopback(24434);
@@ -633,13 +649,7 @@ TEST_F(AgentTest, OpensslClientToAgentServer) {
   auto client = spawn_with_pipes({"openssl", "s_client", "-connect", "127.0.0.1:24434", "-CAfile", dir + "/ca.pem",
                                   "-servername", "server.test", "-verify_return_error", "-quiet"});
   ASSERT_TRUE(client);
-  int s = accept4(listener, nullptr, nullptr, SOCK_CLOEXEC);
-  close(listener);
-  ASSERT_GE(s, 0);
-  CallResult result;
-  agent_->secure_socket_async(s, "server", kServer, &result);
-  ASSERT_TRUE(agent_->wait({&result}));
-  close(s);
+  CallResult result = accept_and_secure(listener);
   ASSERT_EQ(result.error_name, "") << result.error_message;
   const char line[] = "hello from the agent\n";
   ASSERT_TRUE(write_all(result.fd, line, sizeof(line) - 1));
@@ -705,13 +715,7 @@ TEST_F(AgentTest, OpensslClientSixtyFourMiBEachWay) {
                                       "/ca.pem -servername server.test -verify_return_error -quiet -nocommands < " +
                                       dir + "/upload.bin > " + dir + "/download.bin 2>/dev/null"});
   ASSERT_TRUE(client);
-  int s = accept4(listener, nullptr, nullptr, SOCK_CLOEXEC);
-  close(listener);
-  ASSERT_GE(s, 0);
-  CallResult result;
-  agent_->secure_socket_async(s, "server", kServer, &result);
-  ASSERT_TRUE(agent_->wait({&result}));
-  close(s);
+  CallResult result = accept_and_secure(listener);
   ASSERT_EQ(result.error_name, "") << result.error_message;
   EXPECT_EQ(agent_->get_string(result.association, "Offload"), expected_offload());
 
