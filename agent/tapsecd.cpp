@@ -24,6 +24,8 @@ void usage(FILE* out) {
       "usage: tapsecd [options]\n"
       "  --bus system|session|ADDRESS   bus to serve org.tapsec1 on (default: system)\n"
       "  --policy-dir DIR               policy drop-in directory (default: /etc/tapsec/policy.d)\n"
+      "  --ike-port PORT                UDP port for IKE (default 500; 0 turns IKE off)\n"
+      "  --nat-t-port PORT              UDP port for IKE and ESP behind NAT (default 4500)\n"
       "  --log-level debug|info|notice|warning|error\n"
       "  --version\n",
       out);
@@ -39,12 +41,24 @@ int main(int argc, char** argv) {
   static const option long_options[] = {
       {"bus", required_argument, nullptr, 'b'},     {"policy-dir", required_argument, nullptr, 'p'},
       {"log-level", required_argument, nullptr, 'l'}, {"version", no_argument, nullptr, 'V'},
+      {"ike-port", required_argument, nullptr, 'i'}, {"nat-t-port", required_argument, nullptr, 'n'},
       {"help", no_argument, nullptr, 'h'},          {nullptr, 0, nullptr, 0}};
   int c;
   while ((c = getopt_long(argc, argv, "h", long_options, nullptr)) != -1) {
     switch (c) {
       case 'b': bus_spec = optarg; break;
       case 'p': options.policy_dir = optarg; break;
+      case 'i':
+      case 'n': {
+        char* end = nullptr;
+        unsigned long port = std::strtoul(optarg, &end, 10);
+        if (!*optarg || *end || port > 65535) {
+          std::fprintf(stderr, "tapsecd: \"%s\" is not a port\n", optarg);
+          return 2;
+        }
+        (c == 'i' ? options.ike.ike_port : options.ike.nat_t_port) = static_cast<std::uint16_t>(port);
+        break;
+      }
       case 'l': {
         std::string level = optarg;
         using L = core::log::Level;

@@ -79,6 +79,32 @@ struct AssociationInfo {
   std::string local_address, peer_address;
   uid_t owner_uid = 0;
   std::uint64_t created_at_usec = 0;
+  // IPsec (empty for TLS): an IKE SA is the parent of its Child SAs.
+  std::uint64_t parent_id = 0;  // 0 = none
+  std::string tunnel_name;
+  std::string mode;             // "tunnel" | "transport"
+  std::vector<std::string> local_traffic_selectors, remote_traffic_selectors;
+  std::string inbound_spi, outbound_spi;  // hex, "0xc2a3e1f0" (IKE: 16 hex digits each)
+  std::string encapsulation;              // "" | "udp"
+  std::uint64_t packets_sent = 0, packets_received = 0;
+};
+
+// The a{sv} props of EstablishTunnel (see dbus/API.md).
+struct TunnelProperties {
+  std::vector<std::string> protocols;  // empty = ["ikev2"]
+  std::string identity, psk;
+  std::string local_id, remote_id;
+  std::vector<std::string> local_ts, remote_ts;
+  std::string mode;  // "" = the tunnel's or "tunnel"
+  std::map<std::string, std::vector<std::string>> algorithms;  // "ike", "esp"
+  std::uint32_t timeout_ms = 30000;
+};
+
+// A tunnel defined in policy, for ListTunnels.
+struct TunnelInfo {
+  std::string name, protocol, peer, start;
+  std::string state;          // "down" | "connecting" | "up" | "trap"
+  std::uint64_t association_id = 0;  // the IKE SA, 0 when down
 };
 
 struct ManagerInfo {
@@ -86,6 +112,8 @@ struct ManagerInfo {
   std::vector<std::string> kernel_features;
   std::uint32_t session_cache_entries = 0;
   std::uint32_t session_cache_capacity = 0;
+  // Counters an operator watches, e.g. "ike-dropped-malformed".
+  std::map<std::string, std::uint64_t> statistics;
 };
 
 // Implemented by the bus layer; the backend calls it to publish events and
@@ -128,6 +156,15 @@ class Backend {
       const CallerCredentials& caller, std::uint64_t id, const std::string& label,
       const std::vector<std::uint8_t>& context, std::uint32_t length) = 0;
   virtual std::optional<BusError> terminate(const CallerCredentials& caller, std::uint64_t id) = 0;
+
+  // Starts a tunnel (policy name, or a peer address with props) and calls
+  // done with the IKE SA's association id once it is established.
+  using TunnelResult = std::variant<std::uint64_t, BusError>;
+  virtual void establish_tunnel(const CallerCredentials& caller, const std::string& peer, TunnelProperties props,
+                                std::function<void(TunnelResult)> done) {
+    done(BusError{std::string(kErrorPrefix) + "NotSupported", "this agent runs no tunnels"});
+  }
+  virtual std::vector<TunnelInfo> tunnels() const { return {}; }
 
   virtual std::uint32_t flush_session_cache(const CallerCredentials& caller) = 0;
   // The writable Manager property SessionCacheCapacity; the bus layer lets

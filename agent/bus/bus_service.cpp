@@ -144,6 +144,32 @@ class PendingSecureReply {
   bool answered_ = false;
 };
 
+// EstablishTunnel's reply: exactly once, an error if the backend drops it.
+class PendingTunnelReply {
+ public:
+  explicit PendingTunnelReply(sd_bus_message* call) : call_(MessageRef::share(call)) {}
+  PendingTunnelReply(const PendingTunnelReply&) = delete;
+  PendingTunnelReply& operator=(const PendingTunnelReply&) = delete;
+  ~PendingTunnelReply() {
+    if (!answered_)
+      reply_error(call_.get(), error::make(error::kInternal, "the agent dropped the request before it completed"));
+  }
+  void finish(const Backend::TunnelResult& result) {
+    if (std::exchange(answered_, true)) return;
+    if (auto* e = std::get_if<BusError>(&result)) {
+      reply_error(call_.get(), *e);
+      return;
+    }
+    std::string path = association_path(std::get<std::uint64_t>(result));
+    int r = sd_bus_reply_method_return(call_.get(), "o", path.c_str());
+    if (r < 0) core::log::warning("could not answer EstablishTunnel", {{"errno", std::strerror(-r)}});
+  }
+
+ private:
+  MessageRef call_;
+  bool answered_ = false;
+};
+
 SecureCompletion make_completion(sd_bus_message* call) {
   auto pending = std::make_shared<PendingSecureReply>(call);
   return [pending](SecureResult result) { pending->finish(std::move(result)); };
@@ -169,8 +195,11 @@ int guarded(sd_bus_error* ret_error, Body&& body) {
   }
 }
 
+// Parent is an object path made from parent_id ("/" for none).
+struct ParentPath {};
 using AssociationField = std::variant<std::string AssociationInfo::*, std::uint64_t AssociationInfo::*,
-                                      bool AssociationInfo::*, uid_t AssociationInfo::*>;
+                                      bool AssociationInfo::*, uid_t AssociationInfo::*,
+                                      std::vector<std::string> AssociationInfo::*, ParentPath>;
 
 struct AssociationProperty {
   std::string_view name;
@@ -200,6 +229,16 @@ const AssociationProperty kAssociationProperties[] = {
     {"PeerAddress", &AssociationInfo::peer_address},
     {"OwnerUid", &AssociationInfo::owner_uid},
     {"CreatedAt", &AssociationInfo::created_at_usec},
+    {"Parent", ParentPath{}},
+    {"TunnelName", &AssociationInfo::tunnel_name},
+    {"Mode", &AssociationInfo::mode},
+    {"LocalTrafficSelectors", &AssociationInfo::local_traffic_selectors},
+    {"RemoteTrafficSelectors", &AssociationInfo::remote_traffic_selectors},
+    {"InboundSPI", &AssociationInfo::inbound_spi},
+    {"OutboundSPI", &AssociationInfo::outbound_spi},
+    {"Encapsulation", &AssociationInfo::encapsulation},
+    {"PacketsSent", &AssociationInfo::packets_sent},
+    {"PacketsReceived", &AssociationInfo::packets_received},
 };
 
 int append_association_property(sd_bus_message* reply, const AssociationInfo& info, const AssociationField& field) {
@@ -219,6 +258,16 @@ int append_association_property(sd_bus_message* reply, const AssociationInfo& in
     int operator()(uid_t AssociationInfo::*f) const {
       std::uint32_t value = info.*f;
       return sd_bus_message_append_basic(reply, 'u', &value);
+    }
+    int operator()(std::vector<std::string> AssociationInfo::*f) const {
+      int r = sd_bus_message_open_container(reply, 'a', "s");
+      for (const auto& item : info.*f)
+        if (r >= 0) r = sd_bus_message_append_basic(reply, 's', item.c_str());
+      return r < 0 ? r : sd_bus_message_close_container(reply);
+    }
+    int operator()(ParentPath) const {
+      std::string path = info.parent_id ? association_path(info.parent_id) : "/";
+      return sd_bus_message_append_basic(reply, 'o', path.c_str());
     }
   };
   return std::visit(Appender{reply, info}, field);
@@ -304,6 +353,45 @@ struct BusService::Handlers {
     });
   }
 
+  static int establish_tunnel(sd_bus_message* m, void* userdata, sd_bus_error* ret_error) {
+    return guarded(ret_error, [&] {
+      const char* peer = nullptr;
+      int r = sd_bus_message_read_basic(m, 's', &peer);
+      if (r < 0) return r;
+      if (!peer || !*peer)
+        return reply_error(m, error::make(error::kInvalidArgument, "peer is empty: name a tunnel or an address"));
+      if (std::strlen(peer) > 253)
+        return reply_error(m, error::make(error::kInvalidArgument, "peer is longer than 253 characters"));
+      auto props = parse_tunnel_properties(m);
+      if (auto* e = std::get_if<BusError>(&props)) return reply_error(m, *e);
+      auto caller = self(userdata).caller_credentials(m);
+      if (auto* e = std::get_if<BusError>(&caller)) return reply_error(m, *e);
+      auto pending = std::make_shared<PendingTunnelReply>(m);
+      self(userdata).backend_.establish_tunnel(std::get<CallerCredentials>(caller), peer,
+                                               std::move(std::get<TunnelProperties>(props)),
+                                               [pending](Backend::TunnelResult result) { pending->finish(result); });
+      return 1;
+    });
+  }
+
+  static int list_tunnels(sd_bus_message* m, void* userdata, sd_bus_error* ret_error) {
+    return guarded(ret_error, [&] {
+      MessageRef reply;
+      int r = sd_bus_message_new_method_return(m, reply.out());
+      if (r < 0) return r;
+      if ((r = sd_bus_message_open_container(reply.get(), 'a', "(ssssso)")) < 0) return r;
+      for (const TunnelInfo& t : self(userdata).backend_.tunnels()) {
+        std::string path = t.association_id ? association_path(t.association_id) : "/";
+        r = sd_bus_message_append(reply.get(), "(ssssso)", t.name.c_str(), t.protocol.c_str(), t.peer.c_str(),
+                                  t.start.c_str(), t.state.c_str(), path.c_str());
+        if (r < 0) return r;
+      }
+      if ((r = sd_bus_message_close_container(reply.get())) < 0) return r;
+      r = sd_bus_send(nullptr, reply.get(), nullptr);
+      return r < 0 ? r : 1;
+    });
+  }
+
   static int flush_session_cache(sd_bus_message* m, void* userdata, sd_bus_error* ret_error) {
     return guarded(ret_error, [&] {
       auto caller = self(userdata).caller_credentials(m);
@@ -322,6 +410,12 @@ struct BusService::Handlers {
       if (name == "SessionCacheEntries") return sd_bus_message_append_basic(reply, 'u', &info.session_cache_entries);
       if (name == "SessionCacheCapacity")
         return sd_bus_message_append_basic(reply, 'u', &info.session_cache_capacity);
+      if (name == "Statistics") {
+        int r = sd_bus_message_open_container(reply, 'a', "{st}");
+        for (const auto& [key, value] : info.statistics)
+          if (r >= 0) r = sd_bus_message_append(reply, "{st}", key.c_str(), value);
+        return r < 0 ? r : sd_bus_message_close_container(reply);
+      }
       if (name == "KernelFeatures") {
         int r = sd_bus_message_open_container(reply, 'a', "s");
         if (r < 0) return r;
@@ -524,6 +618,7 @@ struct BusService::Handlers {
       SD_BUS_PROPERTY("Version", "s", manager_property, 0, SD_BUS_VTABLE_PROPERTY_CONST),
       SD_BUS_PROPERTY("KernelFeatures", "as", manager_property, 0, 0),
       SD_BUS_PROPERTY("SessionCacheEntries", "u", manager_property, 0, 0),
+      SD_BUS_PROPERTY("Statistics", "a{st}", manager_property, 0, 0),
       SD_BUS_WRITABLE_PROPERTY("SessionCacheCapacity", "u", manager_property,
                                set_session_cache_capacity, 0,
                                SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE | SD_BUS_VTABLE_UNPRIVILEGED),
@@ -537,6 +632,10 @@ struct BusService::Handlers {
                               list_associations, SD_BUS_VTABLE_UNPRIVILEGED),
       SD_BUS_METHOD_WITH_ARGS("FlushSessionCache", SD_BUS_NO_ARGS, SD_BUS_RESULT("u", entries_removed),
                               flush_session_cache, SD_BUS_VTABLE_UNPRIVILEGED),
+      SD_BUS_METHOD_WITH_ARGS("EstablishTunnel", SD_BUS_ARGS("s", peer, "a{sv}", props),
+                              SD_BUS_RESULT("o", association), establish_tunnel, SD_BUS_VTABLE_UNPRIVILEGED),
+      SD_BUS_METHOD_WITH_ARGS("ListTunnels", SD_BUS_NO_ARGS, SD_BUS_RESULT("a(ssssso)", tunnels), list_tunnels,
+                              SD_BUS_VTABLE_UNPRIVILEGED),
       SD_BUS_VTABLE_END,
     };
     return vtable;
@@ -573,6 +672,16 @@ struct BusService::Handlers {
       TAPSEC_ASSOCIATION_PROPERTY("PeerAddress", "s", SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
       TAPSEC_ASSOCIATION_PROPERTY("OwnerUid", "u", SD_BUS_VTABLE_PROPERTY_CONST),
       TAPSEC_ASSOCIATION_PROPERTY("CreatedAt", "t", SD_BUS_VTABLE_PROPERTY_CONST),
+      TAPSEC_ASSOCIATION_PROPERTY("Parent", "o", SD_BUS_VTABLE_PROPERTY_CONST),
+      TAPSEC_ASSOCIATION_PROPERTY("TunnelName", "s", SD_BUS_VTABLE_PROPERTY_CONST),
+      TAPSEC_ASSOCIATION_PROPERTY("Mode", "s", SD_BUS_VTABLE_PROPERTY_CONST),
+      TAPSEC_ASSOCIATION_PROPERTY("LocalTrafficSelectors", "as", SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+      TAPSEC_ASSOCIATION_PROPERTY("RemoteTrafficSelectors", "as", SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+      TAPSEC_ASSOCIATION_PROPERTY("InboundSPI", "s", SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+      TAPSEC_ASSOCIATION_PROPERTY("OutboundSPI", "s", SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+      TAPSEC_ASSOCIATION_PROPERTY("Encapsulation", "s", SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+      TAPSEC_ASSOCIATION_PROPERTY("PacketsSent", "t", 0),
+      TAPSEC_ASSOCIATION_PROPERTY("PacketsReceived", "t", 0),
       SD_BUS_METHOD_WITH_ARGS("UpdateKeys", SD_BUS_ARGS("b", request_peer), SD_BUS_NO_RESULT,
                               update_keys, SD_BUS_VTABLE_UNPRIVILEGED),
       SD_BUS_METHOD_WITH_ARGS("ExportKeyingMaterial", SD_BUS_ARGS("s", label, "ay", context, "u", length),

@@ -1,6 +1,7 @@
 #include "agent/bus/properties_parser.h"
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <cstring>
 #include <set>
@@ -251,17 +252,19 @@ const std::vector<PropertyKey>& known_property_keys() {
   return keys;
 }
 
-std::variant<SecurityProperties, BusError> parse_security_properties(sd_bus_message* m, std::string_view role) {
-  SecurityProperties props;
-  std::set<std::string> given;
+namespace {
 
+// Walks an a{sv}: checks each key against `keys` and its type, then lets
+// read(key) consume the value. Returns the keys given.
+template <typename ReadValue>
+std::variant<std::set<std::string>, BusError> walk_properties(sd_bus_message* m, const std::vector<PropertyKey>& keys,
+                                                              ReadValue&& read) {
+  std::set<std::string> given;
   int r = sd_bus_message_enter_container(m, 'a', "{sv}");
   if (r < 0) return invalid(std::string("could not read props (expected a{sv}): ") + std::strerror(-r));
   while ((r = sd_bus_message_enter_container(m, 'e', "sv")) > 0) {
     std::string key;
     if ((r = read_string(m, key)) < 0) return malformed("?", r);
-
-    const auto& keys = known_property_keys();
     auto known = std::find_if(keys.begin(), keys.end(), [&](const PropertyKey& k) { return k.name == key; });
     if (known == keys.end()) {
       std::vector<std::string> names;
@@ -270,7 +273,6 @@ std::variant<SecurityProperties, BusError> parse_security_properties(sd_bus_mess
                          "unknown property " + quoted(key) + "; known properties: " + join(names));
     }
     if (!given.insert(key).second) return invalid("property " + quoted(key) + " is given twice");
-
     char type = 0;
     const char* contents = nullptr;
     if ((r = sd_bus_message_peek_type(m, &type, &contents)) < 0) return malformed(key, r);
@@ -278,16 +280,102 @@ std::variant<SecurityProperties, BusError> parse_security_properties(sd_bus_mess
     if (type != SD_BUS_TYPE_VARIANT || actual != known->signature)
       return invalid("property " + quoted(key) + " must have type '" + std::string(known->signature) +
                      "', got '" + actual + "'");
-
     if ((r = sd_bus_message_enter_container(m, 'v', contents)) < 0) return malformed(key, r);
-    if (auto e = read_value(m, key, props)) return *e;
+    if (std::optional<BusError> e = read(key)) return *e;
     if ((r = sd_bus_message_exit_container(m)) < 0) return malformed(key, r);  // variant
     if ((r = sd_bus_message_exit_container(m)) < 0) return malformed(key, r);  // dict entry
   }
   if (r < 0) return invalid(std::string("could not read props: ") + std::strerror(-r));
   if ((r = sd_bus_message_exit_container(m)) < 0)
     return invalid(std::string("could not read props: ") + std::strerror(-r));
+  return given;
+}
 
+bool is_traffic_selector(std::string_view text) {
+  // Address, optional /prefix, optional [proto/port]: full checks happen
+  // where the tunnel is built; here only the shape.
+  if (text.empty() || text.size() > 80) return false;
+  return std::all_of(text.begin(), text.end(), [](char c) {
+    return std::isxdigit(static_cast<unsigned char>(c)) || std::isalpha(static_cast<unsigned char>(c)) ||
+           c == '.' || c == ':' || c == '/' || c == '[' || c == ']' || c == '-';
+  });
+}
+
+std::optional<BusError> read_tunnel_value(sd_bus_message* m, std::string_view key, TunnelProperties& props) {
+  int r = 0;
+  if (key == "protocols") {
+    if ((r = read_string_array(m, props.protocols)) < 0) return malformed(key, r);
+    if (props.protocols.empty()) return invalid("property 'protocols' must name at least one protocol, e.g. [\"ikev2\"]");
+    return check_nonempty_elements(key, props.protocols);
+  }
+  if (key == "identity" || key == "psk" || key == "local-id" || key == "remote-id" || key == "mode") {
+    std::string& field = key == "identity"    ? props.identity
+                         : key == "psk"       ? props.psk
+                         : key == "local-id"  ? props.local_id
+                         : key == "remote-id" ? props.remote_id
+                                              : props.mode;
+    if ((r = read_string(m, field)) < 0) return malformed(key, r);
+    if (field.empty()) return invalid("property " + quoted(key) + " is empty; leave the key out instead");
+    if (key == "mode" && !is_one_of(field, {"tunnel", "transport"}))
+      return invalid("property 'mode' is \"" + field + "\"; expected \"tunnel\" or \"transport\"");
+    return std::nullopt;
+  }
+  if (key == "local-ts" || key == "remote-ts") {
+    auto& field = key == "local-ts" ? props.local_ts : props.remote_ts;
+    if ((r = read_string_array(m, field)) < 0) return malformed(key, r);
+    if (field.empty()) return invalid("property " + quoted(key) + " must list at least one traffic selector");
+    for (const auto& ts : field)
+      if (!is_traffic_selector(ts))
+        return invalid("property " + quoted(key) + " has \"" + ts + "\", which is not a traffic selector (e.g. 10.1.0.0/24)");
+    return check_nonempty_elements(key, field);
+  }
+  if (key == "algorithms") {
+    std::string duplicate;
+    if ((r = read_string_array_map(m, props.algorithms, duplicate)) < 0) return malformed(key, r);
+    if (!duplicate.empty()) return invalid("property 'algorithms' has the key \"" + duplicate + "\" twice");
+    static const std::initializer_list<std::string_view> kKinds = {"ike", "esp"};
+    for (const auto& [kind, names] : props.algorithms) {
+      if (!is_one_of(kind, kKinds))
+        return invalid("property 'algorithms' has the unknown key \"" + kind + "\"; known keys: " + list_quoted(kKinds));
+      if (names.empty()) return invalid("property 'algorithms' key \"" + kind + "\" lists no proposal");
+      if (auto e = check_nonempty_elements("algorithms/" + kind, names)) return e;
+    }
+    return std::nullopt;
+  }
+  if (key == "timeout-ms") {
+    if ((r = read_uint32(m, props.timeout_ms)) < 0) return malformed(key, r);
+    if (props.timeout_ms == 0) return invalid("property 'timeout-ms' must be greater than 0");
+    return std::nullopt;
+  }
+  return invalid("property " + quoted(key) + " has no reader");
+}
+
+}  // namespace
+
+const std::vector<PropertyKey>& known_tunnel_property_keys() {
+  static const std::vector<PropertyKey> keys = {
+      {"protocols", "as"}, {"identity", "s"}, {"psk", "s"},       {"local-id", "s"},   {"remote-id", "s"},
+      {"local-ts", "as"},  {"remote-ts", "as"}, {"mode", "s"},    {"algorithms", "a{sas}"}, {"timeout-ms", "u"},
+  };
+  return keys;
+}
+
+std::variant<TunnelProperties, BusError> parse_tunnel_properties(sd_bus_message* m) {
+  TunnelProperties props;
+  auto given = walk_properties(m, known_tunnel_property_keys(),
+                               [&](std::string_view key) { return read_tunnel_value(m, key, props); });
+  if (auto* e = std::get_if<BusError>(&given)) return *e;
+  if (props.identity.size() && props.psk.size())
+    return invalid("properties 'identity' and 'psk' exclude each other: a tunnel authenticates one way");
+  return props;
+}
+
+std::variant<SecurityProperties, BusError> parse_security_properties(sd_bus_message* m, std::string_view role) {
+  SecurityProperties props;
+  auto walked = walk_properties(m, known_property_keys(),
+                                [&](std::string_view key) { return read_value(m, key, props); });
+  if (auto* e = std::get_if<BusError>(&walked)) return *e;
+  const std::set<std::string>& given = std::get<std::set<std::string>>(walked);
   if (auto e = check_combination(props, given, role)) return *e;
   return props;
 }

@@ -30,4 +30,9 @@ const std::vector<PropertyKey>& known_property_keys();
 std::variant<SecurityProperties, BusError> parse_security_properties(sd_bus_message* message,
                                                                      std::string_view role);
 
+// The keys EstablishTunnel accepts, in documentation order.
+const std::vector<PropertyKey>& known_tunnel_property_keys();
+// Reads EstablishTunnel's a{sv} the same strict way.
+std::variant<TunnelProperties, BusError> parse_tunnel_properties(sd_bus_message* message);
+
 }  // namespace tapsec::bus

@@ -107,9 +107,15 @@ Agent::Agent(core::Reactor& reactor, AgentOptions options, kernel::KernelCapabil
       session_cache_(std::make_shared<tls::SessionCache>(options_.session_cache_capacity)),
       ticket_keys_(tls::TicketKeys::generate()) {
   liveness_timer_ = reactor_.add_timer(options_.liveness_interval, [this] { check_liveness(); });
+  ike_ = std::make_unique<IkeService>(reactor_, options_.ike, capabilities_, [this] { return next_id_++; });
+  if (options_.ike.ike_port != 0) {
+    std::string error;
+    if (!ike_->start(&error)) core::log::warning("IKE is off", {{"reason", error}});
+  }
 }
 
 Agent::~Agent() {
+  ike_.reset();  // deletes the tunnels while the publisher may still listen
   if (liveness_timer_) reactor_.cancel_timer(liveness_timer_);
   for (auto& [id, pending] : connects_) {
     if (pending->watch) reactor_.unwatch(pending->watch);
@@ -126,6 +132,7 @@ bool Agent::load_policy(std::string* error) {
     return false;
   }
   policy_ = std::move(std::get<policy::Policy>(loaded));
+  ike_->apply_policy(policy_);
   credentials_.clear();        // identities may have changed on disk,
   tls::flush_context_cache();  // and so may trust anchor files
   core::log::info("policy loaded", {{"dir", options_.policy_dir},
@@ -593,10 +600,25 @@ void Agent::finish_handshake(std::uint64_t id, const HandshakeFailure* failure) 
 std::vector<std::uint64_t> Agent::association_ids() const {
   std::vector<std::uint64_t> ids;
   for (const auto& [id, a] : associations_) ids.push_back(id);
+  for (auto id : ike_->association_ids()) ids.push_back(id);
+  std::sort(ids.begin(), ids.end());
   return ids;
 }
 
+void Agent::set_publisher(bus::Publisher* publisher) {
+  publisher_ = publisher;
+  ike_->set_publisher(publisher);
+}
+
+void Agent::establish_tunnel(const bus::CallerCredentials& caller, const std::string& peer,
+                             bus::TunnelProperties props, std::function<void(TunnelResult)> done) {
+  ike_->establish_tunnel(caller, peer, std::move(props), std::move(done));
+}
+
+std::vector<bus::TunnelInfo> Agent::tunnels() const { return ike_->tunnels(); }
+
 std::optional<bus::AssociationInfo> Agent::association(std::uint64_t id) const {
+  if (ike_->owns(id)) return ike_->association(id);
   auto it = associations_.find(id);
   if (it == associations_.end()) return std::nullopt;
   auto info = it->second->info;
@@ -627,6 +649,7 @@ std::optional<bus::BusError> Agent::authorize(const bus::CallerCredentials& call
 
 std::optional<bus::BusError> Agent::update_keys(const bus::CallerCredentials& caller, std::uint64_t id,
                                                 bool request_peer) {
+  if (ike_->owns(id)) return ike_->update_keys(caller, id);
   auto it = associations_.find(id);
   if (it == associations_.end()) return make_error("NoSuchAssociation", "no association " + std::to_string(id));
   auto& a = *it->second;
@@ -704,6 +727,7 @@ std::variant<Agent::PeerKeyUpdate, bus::BusError> Agent::follow_peer_key_update(
 std::variant<std::vector<std::uint8_t>, bus::BusError> Agent::export_keying_material(
     const bus::CallerCredentials& caller, std::uint64_t id, const std::string& label,
     const std::vector<std::uint8_t>& context, std::uint32_t length) {
+  if (ike_->owns(id)) return ike_->export_keying_material(caller, id, label, context, length);
   auto it = associations_.find(id);
   if (it == associations_.end()) return make_error("NoSuchAssociation", "no association " + std::to_string(id));
   auto& a = *it->second;
@@ -720,6 +744,7 @@ std::variant<std::vector<std::uint8_t>, bus::BusError> Agent::export_keying_mate
 }
 
 std::optional<bus::BusError> Agent::terminate(const bus::CallerCredentials& caller, std::uint64_t id) {
+  if (ike_->owns(id)) return ike_->terminate(caller, id);
   auto it = associations_.find(id);
   if (it == associations_.end()) return make_error("NoSuchAssociation", "no association " + std::to_string(id));
   auto& a = *it->second;
@@ -787,6 +812,7 @@ bus::ManagerInfo Agent::manager_info() const {
   info.kernel_features = capabilities_.feature_names();
   info.session_cache_entries = static_cast<std::uint32_t>(session_cache_->size());
   info.session_cache_capacity = static_cast<std::uint32_t>(session_cache_->capacity());
+  info.statistics = ike_->statistics();
   return info;
 }
 

@@ -17,6 +17,7 @@
 #include "agent/kernel/capability.h"
 #include "agent/kernel/socket_info.h"
 #include "agent/kernel/socket_locator.h"
+#include "agent/state/ike_service.h"
 #include "agent/state/tls_handshake.h"
 #include "agent/state/userspace_channel.h"
 #include "tapsec/policy.h"
@@ -29,6 +30,7 @@ struct AgentOptions {
   // How often kernel-offloaded associations are checked for having been
   // closed by their application.
   std::chrono::milliseconds liveness_interval{2000};
+  IkeOptions ike;
 };
 
 class Agent : public bus::Backend {
@@ -40,7 +42,7 @@ class Agent : public bus::Backend {
   bool load_policy(std::string* error);
 
   // bus::Backend
-  void set_publisher(bus::Publisher* publisher) override { publisher_ = publisher; }
+  void set_publisher(bus::Publisher* publisher) override;
   void secure_socket(const bus::CallerCredentials& caller, core::UniqueFd fd, const std::string& role,
                      bus::SecurityProperties props, bus::SecureCompletion done) override;
   void connect(const bus::CallerCredentials& caller, const std::string& host, std::uint16_t port,
@@ -54,6 +56,9 @@ class Agent : public bus::Backend {
       const std::vector<std::uint8_t>& context, std::uint32_t length) override;
   std::optional<bus::BusError> terminate(const bus::CallerCredentials& caller, std::uint64_t id) override;
   std::uint32_t flush_session_cache(const bus::CallerCredentials& caller) override;
+  void establish_tunnel(const bus::CallerCredentials& caller, const std::string& peer, bus::TunnelProperties props,
+                        std::function<void(TunnelResult)> done) override;
+  std::vector<bus::TunnelInfo> tunnels() const override;
   bus::ManagerInfo manager_info() const override;
 
  private:
@@ -112,6 +117,7 @@ class Agent : public bus::Backend {
   std::map<std::uint64_t, std::unique_ptr<PendingConnect>> connects_;
   std::map<std::uint64_t, std::unique_ptr<Association>> associations_;
   core::Reactor::Id liveness_timer_ = 0;
+  std::unique_ptr<IkeService> ike_;  // after next_id_: it allocates association ids
 };
 
 }  // namespace tapsec::state

@@ -27,9 +27,20 @@ const char* const kUsage =
     "  policy check --uid U --role client|server --host H --port P --protocols P[,P...]\n"
     "               [--dir D] [--gid G] [--unit U] [--address A] [--identity I]\n"
     "               [--psk K] [--export] [--peer-validation M] [--offload required|preferred]\n"
+    "  policy check --uid U --tunnel NAME [other options as above]\n"
+    "                             The same for the request a [Tunnel] makes; its protocol,\n"
+    "                             peer, port and PSK or identity fill in what is not given\n"
     "                             Evaluate the policy for a request, without the agent;\n"
     "                             exit status 0 allowed, 1 denied, 2 error\n"
     "  monitor                    Print association events as they happen, until interrupted\n"
+    "  tunnel up NAME|ADDRESS [--psk N] [--identity N] [--local-id ID] [--remote-id ID]\n"
+    "            [--local-ts P]... [--remote-ts P]... [--mode tunnel|transport]\n"
+    "            [--ike-proposal S]... [--esp-proposal S]... [--timeout-ms N]\n"
+    "                             Establish an IPsec tunnel (IKEv2): a tunnel named in the\n"
+    "                             policy, or a peer address with the options; prints the IKE SA\n"
+    "  tunnels                    List the tunnels the policy defines and their state\n"
+    "  sas                        IKE SAs with their Child SAs: identities, addresses,\n"
+    "                             algorithms, SPIs, traffic selectors, counters, expiry\n"
     "\n"
     "Options:\n"
     "  --bus system|session|ADDRESS  Bus to talk to tapsecd on (default: system)\n"
@@ -45,6 +56,7 @@ constexpr const char* kAssociationPrefix = "/org/tapsec1/association/";
 struct OptionSpec {
   bool takes_value;
   std::vector<Command> commands;  // where the option is accepted
+  bool repeatable = false;        // values accumulate
 };
 
 const std::map<std::string, OptionSpec>& command_options() {
@@ -62,8 +74,17 @@ const std::map<std::string, OptionSpec>& command_options() {
       {"address", {true, {Command::PolicyCheck}}},
       {"port", {true, {Command::PolicyCheck}}},
       {"protocols", {true, {Command::PolicyCheck}}},
-      {"identity", {true, {Command::PolicyCheck}}},
-      {"psk", {true, {Command::PolicyCheck}}},
+      {"identity", {true, {Command::PolicyCheck, Command::TunnelUp}}},
+      {"psk", {true, {Command::PolicyCheck, Command::TunnelUp}}},
+      {"tunnel", {true, {Command::PolicyCheck}}},
+      {"local-id", {true, {Command::TunnelUp}}},
+      {"remote-id", {true, {Command::TunnelUp}}},
+      {"local-ts", {true, {Command::TunnelUp}, true}},
+      {"remote-ts", {true, {Command::TunnelUp}, true}},
+      {"mode", {true, {Command::TunnelUp}}},
+      {"ike-proposal", {true, {Command::TunnelUp}, true}},
+      {"esp-proposal", {true, {Command::TunnelUp}, true}},
+      {"timeout-ms", {true, {Command::TunnelUp}}},
       {"export", {false, {Command::PolicyCheck}}},
       {"peer-validation", {true, {Command::PolicyCheck}}},
       {"offload", {true, {Command::PolicyCheck}}},
@@ -77,6 +98,7 @@ const std::map<std::string, Command>& command_names() {
       {"show", Command::Show},             {"terminate", Command::Terminate},
       {"update-keys", Command::UpdateKeys}, {"export", Command::Export},
       {"flush-cache", Command::FlushCache}, {"monitor", Command::Monitor},
+      {"tunnels", Command::Tunnels},       {"sas", Command::Sas},
       {"help", Command::Help},
   };
   return names;
@@ -184,6 +206,7 @@ ParseResult parse_arguments(const std::vector<std::string>& args) {
   Invocation inv;
   std::vector<std::string> positional;
   std::map<std::string, std::string> given;  // command option -> value ("" for flags)
+  std::map<std::string, std::vector<std::string>> given_all;  // every value of repeatable options
   bool help = false;
 
   for (size_t i = 0; i < args.size(); i++) {
@@ -236,6 +259,7 @@ ParseResult parse_arguments(const std::vector<std::string>& args) {
       inv.bus = value;
     } else {
       given[name] = value;
+      given_all[name].push_back(value);
     }
   }
 
@@ -254,6 +278,10 @@ ParseResult parse_arguments(const std::vector<std::string>& args) {
       return fail("'policy' needs a subcommand: policy check");
     inv.command = Command::PolicyCheck;
     operands = 2;
+  } else if (command == "tunnel") {
+    if (positional.size() < 2 || positional[1] != "up") return fail("'tunnel' needs a subcommand: tunnel up");
+    inv.command = Command::TunnelUp;
+    operands = 2;
   } else if (auto it = command_names().find(command); it != command_names().end()) {
     inv.command = it->second;
   } else {
@@ -271,8 +299,11 @@ ParseResult parse_arguments(const std::vector<std::string>& args) {
 
   const bool needs_id = inv.command == Command::Show || inv.command == Command::Terminate ||
                         inv.command == Command::UpdateKeys || inv.command == Command::Export;
-  const size_t expected = operands + (needs_id ? 1 : 0);
-  if (positional.size() < expected) return fail("'" + command + "' needs an association ID");
+  const bool needs_peer = inv.command == Command::TunnelUp;
+  const size_t expected = operands + (needs_id || needs_peer ? 1 : 0);
+  if (positional.size() < expected)
+    return fail(needs_peer ? "'tunnel up' needs a tunnel name or a peer address"
+                           : "'" + command + "' needs an association ID");
   if (positional.size() > expected) return fail("unexpected argument '" + positional[expected] + "'");
   if (needs_id) {
     inv.association_path = association_path_from_argument(positional[operands]);
@@ -300,10 +331,50 @@ ParseResult parse_arguments(const std::vector<std::string>& args) {
       }
       break;
     }
+    case Command::TunnelUp: {
+      TunnelUpOptions& t = inv.tunnel;
+      t.peer = positional[operands];
+      if (t.peer.empty()) return fail("'tunnel up' needs a tunnel name or a peer address");
+      t.psk = given["psk"];
+      t.identity = given["identity"];
+      t.local_id = given["local-id"];
+      t.remote_id = given["remote-id"];
+      // Selectors and proposals: repeat the option, or separate with commas.
+      const auto all = [&](const char* name) {
+        std::vector<std::string> items;
+        for (const auto& value : given_all[name])
+          for (auto& item : split_list(value)) items.push_back(std::move(item));
+        return items;
+      };
+      t.local_ts = all("local-ts");
+      t.remote_ts = all("remote-ts");
+      t.ike_proposals = all("ike-proposal");
+      t.esp_proposals = all("esp-proposal");
+      for (const char* name : {"local-ts", "remote-ts", "ike-proposal", "esp-proposal"})
+        if (has(name) && all(name).empty()) return fail(std::string("--") + name + " must not be empty");
+      if (has("mode")) {
+        t.mode = given["mode"];
+        if (t.mode != "tunnel" && t.mode != "transport") return fail("--mode must be tunnel or transport");
+      }
+      if (has("timeout-ms")) {
+        std::uint32_t timeout = 0;
+        if (!parse_number(given["timeout-ms"], timeout) || timeout == 0)
+          return fail("--timeout-ms must be a number of milliseconds above 0");
+        t.timeout_ms = timeout;
+      }
+      break;
+    }
     case Command::PolicyCheck: {
       PolicyCheckOptions& p = inv.policy;
+      if (has("tunnel")) {
+        p.tunnel = given["tunnel"];
+        if (p.tunnel.empty()) return fail("--tunnel needs a tunnel name");
+      }
+      // A tunnel supplies the destination and protocol; the caller is always needed.
       for (const char* required : {"uid", "role", "host", "port", "protocols"})
-        if (!has(required)) return fail(std::string("policy check needs --") + required);
+        if (!has(required) && (p.tunnel.empty() || std::string(required) == "uid"))
+          return fail(std::string("policy check needs --") + required +
+                      (std::string(required) == "uid" ? "" : " (or --tunnel)"));
       if (has("dir")) p.dir = given["dir"];
       bool gid_known = false;
       if (!resolve_user(given["uid"], p, gid_known)) return fail("--uid: no such user '" + given["uid"] + "'");
@@ -313,13 +384,19 @@ ParseResult parse_arguments(const std::vector<std::string>& args) {
         p.gid = static_cast<gid_t>(p.uid);  // unknown user: assume a user private group
       }
       p.unit = given["unit"];
-      p.role = given["role"];
-      if (p.role != "client" && p.role != "server") return fail("--role must be client or server");
+      // (has() before given[...]: reading a missing option would add it.)
+      if (has("role")) {
+        p.role = given["role"];
+        if (p.role != "client" && p.role != "server") return fail("--role must be client or server");
+      }
       p.host = given["host"];
       p.address = given["address"];
-      if (!parse_number(given["port"], p.port) || p.port == 0) return fail("--port must be a number from 1 to 65535");
-      p.protocols = split_list(given["protocols"]);
-      if (p.protocols.empty()) return fail("--protocols needs at least one protocol");
+      if (has("port") && (!parse_number(given["port"], p.port) || p.port == 0))
+        return fail("--port must be a number from 1 to 65535");
+      if (has("protocols")) {
+        p.protocols = split_list(given["protocols"]);
+        if (p.protocols.empty()) return fail("--protocols needs at least one protocol");
+      }
       p.identity = given["identity"];
       p.psk = given["psk"];
       p.wants_export = has("export");

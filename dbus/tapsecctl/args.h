@@ -20,6 +20,9 @@ enum class Command {
   FlushCache,
   PolicyCheck,
   Monitor,
+  TunnelUp,
+  Tunnels,
+  Sas,
   Help,
 };
 
@@ -39,6 +42,25 @@ struct PolicyCheckOptions {
   bool wants_export = false;
   std::string peer_validation = "system";
   std::string offload = "preferred";
+  // --tunnel: evaluate the request the named [Tunnel] makes. Its protocol,
+  // peer, port and credential fill in what the options above leave empty.
+  std::string tunnel;
+};
+
+// `tunnel up`: the EstablishTunnel call. Empty strings and lists are not
+// sent, so the agent uses the policy tunnel's settings.
+struct TunnelUpOptions {
+  std::string peer;  // a [Tunnel] name, an address or a host name
+  std::string psk;
+  std::string identity;
+  std::string local_id;
+  std::string remote_id;
+  std::vector<std::string> local_ts;
+  std::vector<std::string> remote_ts;
+  std::string mode;  // "tunnel" | "transport" | ""
+  std::vector<std::string> ike_proposals;
+  std::vector<std::string> esp_proposals;
+  std::optional<std::uint32_t> timeout_ms;
 };
 
 struct Invocation {
@@ -51,6 +73,7 @@ struct Invocation {
   std::vector<std::uint8_t> context;
   std::uint32_t length = 0;
   PolicyCheckOptions policy;
+  TunnelUpOptions tunnel;
 };
 
 struct ParseResult {

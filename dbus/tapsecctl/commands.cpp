@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <functional>
 #include <iomanip>
 #include <sstream>
@@ -58,6 +59,8 @@ int report_bus_error(Context& ctx, const std::string& action, BusError& error, i
       return report_error(ctx, kNotRunning, name);
     if (name == "org.freedesktop.DBus.Error.UnknownObject" || name == "org.tapsec1.Error.NoSuchAssociation")
       return report_error(ctx, action + ": no such association", name);
+    if (name == "org.freedesktop.DBus.Error.UnknownMethod")
+      return report_error(ctx, action + ": this tapsecd does not offer it (" + error.message() + ")", name);
     if (name == "org.freedesktop.DBus.Error.AccessDenied")
       return report_error(ctx, action + ": permission denied (" + error.message() + ")", name);
     return report_error(ctx, action + ": " + error.message(), name);
@@ -171,6 +174,9 @@ int cmd_status(Context& ctx) {
     for (const auto& item : v->items) features.push_back(value_to_text(item));
   const std::uint64_t entries = property_number(props, "SessionCacheEntries");
   const std::uint64_t capacity = property_number(props, "SessionCacheCapacity");
+  std::vector<std::pair<std::string, std::uint64_t>> statistics;
+  if (const Value* v = find_property(props, "Statistics"))
+    for (const auto& [key, value] : v->entries) statistics.emplace_back(key, value.unsigned_number);
 
   if (ctx.inv.json) {
     JsonWriter json;
@@ -183,6 +189,10 @@ int cmd_status(Context& ctx) {
     json.field("entries", entries);
     json.field("capacity", capacity);
     json.end_object();
+    json.key("statistics");
+    json.begin_object();
+    for (const auto& [key, value] : statistics) json.field(key, value);
+    json.end_object();
     json.end_object();
     ctx.out << json.str() << "\n";
     return kExitSuccess;
@@ -193,29 +203,93 @@ int cmd_status(Context& ctx) {
           << "Kernel offload: " << (feature_text.empty() ? "none (userspace fallback only)" : feature_text) << "\n"
           << " Associations: " << paths.size() << "\n"
           << "Session cache: " << entries << " of " << capacity << " entries\n";
+  for (const auto& [key, value] : statistics) {
+    if (&key == &statistics.front().first) ctx.out << "   Statistics:";
+    ctx.out << " " << key << "=" << value;
+  }
+  if (!statistics.empty()) ctx.out << "\n";
   return kExitSuccess;
 }
 
 // ------------------------------------------------------------ associations
 
-int cmd_associations(Context& ctx) {
-  BusError error;
+struct AssociationRow {
+  std::string path;
+  PropertyList props;
+};
+
+// GetAll of every listed association, in id order. An association may end
+// between listing and reading: it is skipped.
+int read_associations(Context& ctx, std::vector<AssociationRow>& rows, BusError& error) {
   std::vector<std::string> paths;
   int r = list_associations(ctx, paths, error);
-  if (r < 0) return report_bus_error(ctx, "listing associations", error, r);
-
-  struct Row {
-    std::string path;
-    PropertyList props;
-  };
-  std::vector<Row> rows;
+  if (r < 0) return r;
   for (const auto& path : paths) {
-    Row row{path, {}};
+    AssociationRow row{path, {}};
     BusError get_error;
-    // An association may end between listing and reading: skip it.
     if (get_all(ctx, path, kAssociationInterface, row.props, get_error) < 0) continue;
     rows.push_back(std::move(row));
   }
+  return 0;
+}
+
+std::vector<std::string> property_strings(const PropertyList& props, const std::string& name) {
+  std::vector<std::string> items;
+  if (const Value* v = find_property(props, name))
+    for (const auto& item : v->items) items.push_back(value_to_text(item));
+  return items;
+}
+
+// The Parent property as an association number; 0 for "/" (none) or absent.
+std::uint64_t parent_id(const PropertyList& props) {
+  const std::string path = property_text(props, "Parent");
+  const std::string id = association_id_from_path(path);
+  if (id.empty() || id == path) return 0;
+  std::uint64_t number = 0;
+  for (char c : id) {
+    if (c < '0' || c > '9') return 0;
+    number = number * 10 + static_cast<std::uint64_t>(c - '0');
+  }
+  return number;
+}
+
+// The fields of one association in JSON, snake_case, in a stable order.
+// "id" stays a string (as it always was); "parent" is a number, 0 = none.
+void write_association_fields(JsonWriter& json, const std::string& path, const PropertyList& props) {
+  json.field("id", association_id_from_path(path));
+  json.field("path", path);
+  json.field("protocol", property_text(props, "Protocol"));
+  json.field("version", property_text(props, "Version"));
+  json.field("cipher", property_text(props, "Cipher"));
+  json.field("offload", property_text(props, "Offload"));
+  json.field("peer_address", property_text(props, "PeerAddress"));
+  json.field("peer_identity", property_text(props, "PeerIdentity"));
+  json.field("state", property_text(props, "State"));
+  json.field("bytes_sent", property_number(props, "BytesSent"));
+  json.field("bytes_received", property_number(props, "BytesReceived"));
+  json.field("key_epoch", property_number(props, "KeyEpoch"));
+  json.field("group", property_text(props, "Group"));
+  json.field("local_address", property_text(props, "LocalAddress"));
+  json.field("local_identity", property_text(props, "LocalIdentity"));
+  json.field("expires_at", property_number(props, "ExpiresAt"));
+  json.field("created_at", property_number(props, "CreatedAt"));
+  json.field("parent", parent_id(props));
+  json.field("tunnel_name", property_text(props, "TunnelName"));
+  json.field("mode", property_text(props, "Mode"));
+  json.field("local_ts", property_strings(props, "LocalTrafficSelectors"));
+  json.field("remote_ts", property_strings(props, "RemoteTrafficSelectors"));
+  json.field("inbound_spi", property_text(props, "InboundSPI"));
+  json.field("outbound_spi", property_text(props, "OutboundSPI"));
+  json.field("encapsulation", property_text(props, "Encapsulation"));
+  json.field("packets_sent", property_number(props, "PacketsSent"));
+  json.field("packets_received", property_number(props, "PacketsReceived"));
+}
+
+int cmd_associations(Context& ctx) {
+  BusError error;
+  std::vector<AssociationRow> rows;
+  int r = read_associations(ctx, rows, error);
+  if (r < 0) return report_bus_error(ctx, "listing associations", error, r);
 
   if (ctx.inv.json) {
     JsonWriter json;
@@ -224,17 +298,7 @@ int cmd_associations(Context& ctx) {
     json.begin_array();
     for (const auto& row : rows) {
       json.begin_object();
-      json.field("id", association_id_from_path(row.path));
-      json.field("path", row.path);
-      json.field("protocol", property_text(row.props, "Protocol"));
-      json.field("version", property_text(row.props, "Version"));
-      json.field("cipher", property_text(row.props, "Cipher"));
-      json.field("offload", property_text(row.props, "Offload"));
-      json.field("peer_address", property_text(row.props, "PeerAddress"));
-      json.field("peer_identity", property_text(row.props, "PeerIdentity"));
-      json.field("state", property_text(row.props, "State"));
-      json.field("bytes_sent", property_number(row.props, "BytesSent"));
-      json.field("bytes_received", property_number(row.props, "BytesReceived"));
+      write_association_fields(json, row.path, row.props);
       json.end_object();
     }
     json.end_array();
@@ -243,8 +307,13 @@ int cmd_associations(Context& ctx) {
     return kExitSuccess;
   }
 
-  const std::vector<std::string> headers = {"ID", "PROTOCOL", "VERSION", "CIPHER", "OFFLOAD", "PEER", "STATE",
-                                            "SENT/RECEIVED"};
+  // Tunnel columns only when some association belongs to a tunnel.
+  const bool tunnels = std::any_of(rows.begin(), rows.end(), [](const AssociationRow& row) {
+    return parent_id(row.props) != 0 || !property_text(row.props, "TunnelName").empty();
+  });
+  std::vector<std::string> headers = {"ID", "PROTOCOL", "VERSION", "CIPHER", "OFFLOAD", "PEER", "STATE",
+                                      "SENT/RECEIVED"};
+  if (tunnels) headers.insert(headers.end(), {"PARENT", "TUNNEL"});
   std::vector<std::vector<std::string>> table;
   for (const auto& row : rows) {
     table.push_back({association_id_from_path(row.path), property_text(row.props, "Protocol"),
@@ -253,6 +322,12 @@ int cmd_associations(Context& ctx) {
                      property_text(row.props, "State"),
                      format_bytes(property_number(row.props, "BytesSent")) + "/" +
                          format_bytes(property_number(row.props, "BytesReceived"))});
+    if (tunnels) {
+      const std::uint64_t parent = parent_id(row.props);
+      const std::string name = property_text(row.props, "TunnelName");
+      table.back().push_back(parent ? std::to_string(parent) : "-");
+      table.back().push_back(name.empty() ? "-" : name);
+    }
   }
   std::vector<size_t> widths(headers.size());
   for (size_t c = 0; c < headers.size(); c++) {
@@ -284,8 +359,7 @@ int cmd_show(Context& ctx) {
   if (ctx.inv.json) {
     JsonWriter json;
     json.begin_object();
-    json.field("id", association_id_from_path(ctx.inv.association_path));
-    json.field("path", ctx.inv.association_path);
+    write_association_fields(json, ctx.inv.association_path, props);
     json.key("properties");
     json.begin_object();
     for (const auto& [name, value] : props) {
@@ -305,6 +379,7 @@ int cmd_show(Context& ctx) {
     std::string text = value_to_text(value);
     if ((name == "ExpiresAt" || name == "CreatedAt") && value.kind == Value::Kind::Unsigned)
       text = value.unsigned_number == 0 ? "never" : format_timestamp(value.unsigned_number);
+    if (name == "Parent") text = parent_id(props) ? std::to_string(parent_id(props)) + " (" + text + ")" : "none";
     ctx.out << std::string(width - name.size() + 2, ' ') << name << ": " << text << "\n";
   }
   return kExitSuccess;
@@ -383,6 +458,281 @@ int cmd_export(Context& ctx) {
     ctx.out << hex << "\n";
   }
   explicit_bzero(hex.data(), hex.size());
+  return kExitSuccess;
+}
+
+// ------------------------------------------------------------- tunnel up
+
+// Appends key -> variant(type, value) to an open a{sv}.
+template <typename Append>
+int append_prop(sd_bus_message* m, const char* key, const char* type, Append append_value) {
+  int r = sd_bus_message_open_container(m, 'e', "sv");
+  if (r >= 0) r = sd_bus_message_append_basic(m, 's', key);
+  if (r >= 0) r = sd_bus_message_open_container(m, 'v', type);
+  if (r >= 0) r = append_value();
+  if (r >= 0) r = sd_bus_message_close_container(m);
+  if (r >= 0) r = sd_bus_message_close_container(m);
+  return r;
+}
+
+int append_strings(sd_bus_message* m, const std::vector<std::string>& items) {
+  int r = sd_bus_message_open_container(m, 'a', "s");
+  for (const auto& item : items)
+    if (r >= 0) r = sd_bus_message_append_basic(m, 's', item.c_str());
+  if (r >= 0) r = sd_bus_message_close_container(m);
+  return r;
+}
+
+// The EstablishTunnel props: only what was given, so the policy's tunnel
+// settings apply to everything else.
+int append_tunnel_props(sd_bus_message* m, const TunnelUpOptions& t) {
+  int r = sd_bus_message_open_container(m, 'a', "{sv}");
+  const auto string_prop = [&](const char* key, const std::string& value) {
+    if (r >= 0 && !value.empty())
+      r = append_prop(m, key, "s", [&] { return sd_bus_message_append_basic(m, 's', value.c_str()); });
+  };
+  const auto list_prop = [&](const char* key, const std::vector<std::string>& items) {
+    if (r >= 0 && !items.empty()) r = append_prop(m, key, "as", [&] { return append_strings(m, items); });
+  };
+  string_prop("psk", t.psk);
+  string_prop("identity", t.identity);
+  string_prop("local-id", t.local_id);
+  string_prop("remote-id", t.remote_id);
+  list_prop("local-ts", t.local_ts);
+  list_prop("remote-ts", t.remote_ts);
+  string_prop("mode", t.mode);
+  if (r >= 0 && (!t.ike_proposals.empty() || !t.esp_proposals.empty())) {
+    r = append_prop(m, "algorithms", "a{sas}", [&] {
+      int rr = sd_bus_message_open_container(m, 'a', "{sas}");
+      for (const auto& [kind, proposals] : {std::pair{"ike", &t.ike_proposals}, std::pair{"esp", &t.esp_proposals}}) {
+        if (proposals->empty()) continue;
+        if (rr >= 0) rr = sd_bus_message_open_container(m, 'e', "sas");
+        if (rr >= 0) rr = sd_bus_message_append_basic(m, 's', kind);
+        if (rr >= 0) rr = append_strings(m, *proposals);
+        if (rr >= 0) rr = sd_bus_message_close_container(m);
+      }
+      if (rr >= 0) rr = sd_bus_message_close_container(m);
+      return rr;
+    });
+  }
+  if (r >= 0 && t.timeout_ms)
+    r = append_prop(m, "timeout-ms", "u", [&] { return sd_bus_message_append_basic(m, 'u', &*t.timeout_ms); });
+  if (r >= 0) r = sd_bus_message_close_container(m);
+  return r;
+}
+
+constexpr std::uint32_t kDefaultTunnelTimeoutMs = 30000;
+
+int cmd_tunnel_up(Context& ctx) {
+  const TunnelUpOptions& t = ctx.inv.tunnel;
+  BusError error;
+  sd_bus_message* call = nullptr;
+  int r = sd_bus_message_new_method_call(ctx.bus.get(), &call, kBusName, kManagerPath, kManagerInterface,
+                                         "EstablishTunnel");
+  MessagePtr owned_call(call);
+  if (r >= 0) r = sd_bus_message_append_basic(call, 's', t.peer.c_str());
+  if (r >= 0) r = append_tunnel_props(call, t);
+  if (r < 0) return report_error(ctx, std::string("cannot build the EstablishTunnel call: ") + strerror(-r));
+  // The agent answers when the IKE SA is up or the handshake timed out;
+  // wait a little longer than its timeout so its own error wins.
+  const std::uint64_t wait_usec = (std::uint64_t{t.timeout_ms.value_or(kDefaultTunnelTimeoutMs)} + 5000) * 1000;
+  sd_bus_message* reply = nullptr;
+  r = sd_bus_call(ctx.bus.get(), call, wait_usec, error.get(), &reply);
+  MessagePtr owned_reply(reply);
+  if (r < 0) return report_bus_error(ctx, "establishing tunnel " + t.peer, error, r);
+  const char* path = nullptr;
+  r = sd_bus_message_read(reply, "o", &path);
+  if (r < 0 || !path) return report_error(ctx, "the agent's reply could not be read");
+  const std::string id = association_id_from_path(path);
+  if (ctx.inv.json) {
+    JsonWriter json;
+    json.begin_object();
+    json.field("peer", t.peer);
+    json.field("id", id);
+    json.field("path", std::string(path));
+    json.end_object();
+    ctx.out << json.str() << "\n";
+  } else {
+    ctx.out << "Tunnel " << t.peer << " is up: IKE SA " << id << " (" << path << ")\n";
+  }
+  return kExitSuccess;
+}
+
+// ----------------------------------------------------------------- tunnels
+
+struct TunnelRow {
+  std::string name, protocol, peer, start, state, path;
+};
+
+int cmd_tunnels(Context& ctx) {
+  BusError error;
+  sd_bus_message* reply = nullptr;
+  int r = sd_bus_call_method(ctx.bus.get(), kBusName, kManagerPath, kManagerInterface, "ListTunnels", error.get(),
+                             &reply, "");
+  MessagePtr owned(reply);
+  if (r < 0) return report_bus_error(ctx, "listing tunnels", error, r);
+  std::vector<TunnelRow> rows;
+  r = sd_bus_message_enter_container(reply, 'a', "(ssssso)");
+  while (r >= 0) {
+    const char *name, *protocol, *peer, *start, *state, *path;
+    r = sd_bus_message_read(reply, "(ssssso)", &name, &protocol, &peer, &start, &state, &path);
+    if (r <= 0) break;
+    rows.push_back({name, protocol, peer, start, state, path});
+  }
+  if (r >= 0) r = sd_bus_message_exit_container(reply);
+  if (r < 0) return report_error(ctx, "the agent's reply could not be read");
+
+  const auto association = [](const std::string& path) -> std::uint64_t {
+    const std::string id = association_id_from_path(path);
+    if (id == path || id.empty()) return 0;
+    return std::strtoull(id.c_str(), nullptr, 10);
+  };
+  if (ctx.inv.json) {
+    JsonWriter json;
+    json.begin_object();
+    json.key("tunnels");
+    json.begin_array();
+    for (const auto& row : rows) {
+      json.begin_object();
+      json.field("name", row.name);
+      json.field("protocol", row.protocol);
+      json.field("peer", row.peer);
+      json.field("start", row.start);
+      json.field("state", row.state);
+      json.field("association", association(row.path));
+      json.field("path", row.path);
+      json.end_object();
+    }
+    json.end_array();
+    json.end_object();
+    ctx.out << json.str() << "\n";
+    return kExitSuccess;
+  }
+  const std::vector<std::string> headers = {"NAME", "PROTOCOL", "PEER", "START", "STATE", "IKE SA"};
+  std::vector<std::vector<std::string>> table;
+  for (const auto& row : rows) {
+    const std::uint64_t id = association(row.path);
+    table.push_back({row.name, row.protocol, row.peer.empty() ? "%any" : row.peer, row.start, row.state,
+                     id ? std::to_string(id) : "-"});
+  }
+  std::vector<size_t> widths(headers.size());
+  for (size_t c = 0; c < headers.size(); c++) {
+    widths[c] = headers[c].size();
+    for (const auto& cells : table) widths[c] = std::max(widths[c], cells[c].size());
+  }
+  for (size_t i = 0; i <= table.size(); i++) {
+    const auto& cells = i == 0 ? headers : table[i - 1];
+    std::string line;
+    for (size_t c = 0; c < cells.size(); c++) {
+      line += cells[c];
+      if (c + 1 < cells.size()) line += std::string(widths[c] - cells[c].size() + 2, ' ');
+    }
+    ctx.out << line << "\n";
+  }
+  ctx.out << "\n" << rows.size() << (rows.size() == 1 ? " tunnel" : " tunnels") << " listed.\n";
+  return kExitSuccess;
+}
+
+// --------------------------------------------------------------------- sas
+
+// "ike" SAs with their children, like `swanctl --list-sas`.
+struct IkeSa {
+  const AssociationRow* sa;
+  std::vector<const AssociationRow*> children;
+};
+
+std::string expiry_text(std::uint64_t usec) { return usec == 0 ? "never" : format_timestamp(usec); }
+
+std::string joined(const std::vector<std::string>& items) {
+  std::string text;
+  for (const auto& item : items) text += (text.empty() ? "" : " ") + item;
+  return text.empty() ? "(the outer address)" : text;
+}
+
+void print_ike_sa_text(Context& ctx, const IkeSa& ike) {
+  const PropertyList& p = ike.sa->props;
+  const std::string name = property_text(p, "TunnelName");
+  const std::string encapsulation = property_text(p, "Encapsulation");
+  std::ostream& out = ctx.out;
+  out << (name.empty() ? "(unnamed)" : name) << ": #" << association_id_from_path(ike.sa->path) << ", "
+      << property_text(p, "State") << ", " << property_text(p, "Version") << ", SPIs ours "
+      << property_text(p, "InboundSPI") << " peer's " << property_text(p, "OutboundSPI") << "\n";
+  out << "  local  '" << property_text(p, "LocalIdentity") << "' @ " << property_text(p, "LocalAddress") << "\n";
+  out << "  remote '" << property_text(p, "PeerIdentity") << "' @ " << property_text(p, "PeerAddress")
+      << (encapsulation.empty() ? "" : " (" + encapsulation + " encapsulation)") << "\n";
+  std::string algorithms = property_text(p, "Cipher");
+  if (!property_text(p, "Group").empty()) algorithms += "/" + property_text(p, "Group");
+  out << "  " << algorithms << "\n";
+  out << "  created " << format_timestamp(property_number(p, "CreatedAt")) << ", key epoch "
+      << property_number(p, "KeyEpoch") << ", expires " << expiry_text(property_number(p, "ExpiresAt")) << "\n";
+  for (const AssociationRow* child : ike.children) {
+    const PropertyList& c = child->props;
+    const std::string child_encapsulation = property_text(c, "Encapsulation");
+    const std::string child_name = property_text(c, "TunnelName");
+    out << "  " << (child_name.empty() ? "(unnamed)" : child_name) << ": #" << association_id_from_path(child->path)
+        << ", " << property_text(c, "State") << ", ESP " << property_text(c, "Mode")
+        << (child_encapsulation.empty() ? "" : " in " + child_encapsulation) << ", SPIs "
+        << property_text(c, "InboundSPI") << "_i " << property_text(c, "OutboundSPI") << "_o\n";
+    std::string child_algorithms = property_text(c, "Cipher");
+    if (!property_text(c, "Group").empty()) child_algorithms += "/" + property_text(c, "Group");
+    out << "    " << child_algorithms << "\n";
+    out << "    in  " << property_text(c, "InboundSPI") << ", " << property_number(c, "BytesReceived") << " bytes, "
+        << property_number(c, "PacketsReceived") << " packets\n";
+    out << "    out " << property_text(c, "OutboundSPI") << ", " << property_number(c, "BytesSent") << " bytes, "
+        << property_number(c, "PacketsSent") << " packets\n";
+    out << "    local  " << joined(property_strings(c, "LocalTrafficSelectors")) << "\n";
+    out << "    remote " << joined(property_strings(c, "RemoteTrafficSelectors")) << "\n";
+    out << "    key epoch " << property_number(c, "KeyEpoch") << ", expires "
+        << expiry_text(property_number(c, "ExpiresAt")) << "\n";
+  }
+}
+
+int cmd_sas(Context& ctx) {
+  BusError error;
+  std::vector<AssociationRow> rows;
+  int r = read_associations(ctx, rows, error);
+  if (r < 0) return report_bus_error(ctx, "listing associations", error, r);
+
+  std::vector<IkeSa> ike_sas;
+  for (const auto& row : rows)
+    if (property_text(row.props, "Protocol") == "ikev2") ike_sas.push_back({&row, {}});
+  std::vector<const AssociationRow*> orphans;  // Child SAs whose IKE SA is gone
+  for (const auto& row : rows) {
+    if (property_text(row.props, "Protocol") != "esp") continue;
+    const std::uint64_t parent = parent_id(row.props);
+    auto it = std::find_if(ike_sas.begin(), ike_sas.end(), [&](const IkeSa& ike) {
+      return parent != 0 && association_id_from_path(ike.sa->path) == std::to_string(parent);
+    });
+    if (it != ike_sas.end()) it->children.push_back(&row);
+    else orphans.push_back(&row);
+  }
+
+  if (ctx.inv.json) {
+    JsonWriter json;
+    json.begin_array();
+    for (const auto& ike : ike_sas) {
+      json.begin_object();
+      write_association_fields(json, ike.sa->path, ike.sa->props);
+      json.key("children");
+      json.begin_array();
+      for (const AssociationRow* child : ike.children) {
+        json.begin_object();
+        write_association_fields(json, child->path, child->props);
+        json.end_object();
+      }
+      json.end_array();
+      json.end_object();
+    }
+    json.end_array();
+    ctx.out << json.str() << "\n";
+    return kExitSuccess;
+  }
+  for (const auto& ike : ike_sas) print_ike_sa_text(ctx, ike);
+  for (const AssociationRow* orphan : orphans)
+    ctx.out << "Child SA #" << association_id_from_path(orphan->path) << " (its IKE SA is gone): "
+            << property_text(orphan->props, "State") << ", SPIs " << property_text(orphan->props, "InboundSPI")
+            << "_i " << property_text(orphan->props, "OutboundSPI") << "_o\n";
+  if (ike_sas.empty() && orphans.empty()) ctx.out << "No IKE SAs.\n";
   return kExitSuccess;
 }
 
@@ -598,6 +948,9 @@ int run(const Invocation& inv, std::ostream& out, std::ostream& err) {
     case Command::UpdateKeys: return cmd_update_keys(ctx);
     case Command::Export: return cmd_export(ctx);
     case Command::FlushCache: return cmd_flush_cache(ctx);
+    case Command::TunnelUp: return cmd_tunnel_up(ctx);
+    case Command::Tunnels: return cmd_tunnels(ctx);
+    case Command::Sas: return cmd_sas(ctx);
     default: break;
   }
   return report_error(ctx, "internal error: unhandled command");

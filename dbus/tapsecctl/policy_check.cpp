@@ -29,7 +29,24 @@ policy::Request make_request(const PolicyCheckOptions& o) {
   return request;
 }
 
-void print_json(const policy::Decision& d, std::ostream& out) {
+// The request establishing `tunnel` makes: the initiator ("client") towards
+// its peer, with its protocol and the credential its Auth= names. Options
+// given on the command line take precedence.
+policy::Request make_tunnel_request(const PolicyCheckOptions& o, const policy::Tunnel& tunnel) {
+  policy::Request request = make_request(o);
+  request.tunnel = tunnel.name;
+  if (request.protocols.empty()) request.protocols = {tunnel.protocol};
+  if (request.role.empty()) request.role = "client";
+  const bool has_peer = !tunnel.peer.empty() && tunnel.peer != "%any";
+  if (request.host.empty() && has_peer) request.host = tunnel.peer;
+  if (request.port == 0) request.port = tunnel.port;
+  if (request.identity.empty() && tunnel.auth == "certificate") request.identity = tunnel.identity;
+  if (request.psk.empty() && tunnel.auth == "psk") request.psk = tunnel.psk;
+  request.wants_export = request.wants_export || tunnel.export_allowed;
+  return request;
+}
+
+void print_json(const policy::Decision& d, const std::string& tunnel, std::ostream& out) {
   JsonWriter json;
   json.begin_object();
   json.field("allowed", d.allowed);
@@ -48,6 +65,7 @@ void print_json(const policy::Decision& d, std::ostream& out) {
   json.field("peer_validation", d.peer_validation);
   json.field("denial_reason", d.denial_reason);
   json.field("explanation", d.explanation);
+  if (!tunnel.empty()) json.field("tunnel", tunnel);
   json.end_object();
   out << json.str() << "\n";
 }
@@ -107,9 +125,37 @@ int run_policy_check(const PolicyCheckOptions& options, bool json, std::ostream&
   caller.gid = options.gid;
   caller.supplementary_gids = options.supplementary_gids;
   caller.unit = options.unit;
-  const policy::Decision decision = policy.evaluate(caller, make_request(options));
+  policy::Request request;
+  if (!options.tunnel.empty()) {
+    const policy::Tunnel* tunnel = policy.tunnel(options.tunnel);
+    if (!tunnel) {
+      std::string defined = join(policy.tunnel_names());
+      const std::string message = "the policy in " + options.dir + " defines no tunnel '" + options.tunnel +
+                                  "' (defined: " + (defined.empty() ? "none" : defined) + ")";
+      err << "tapsecctl: " << message << "\n";
+      if (json) {
+        JsonWriter w;
+        w.begin_object();
+        w.key("error");
+        w.begin_object();
+        w.field("name", "no-such-tunnel");
+        w.field("message", message);
+        w.end_object();
+        w.end_object();
+        out << w.str() << "\n";
+      }
+      return kExitUsage;
+    }
+    request = make_tunnel_request(options, *tunnel);
+    if (!json)
+      out << "Tunnel: " << tunnel->name << " (" << tunnel->location << "): " << join(request.protocols) << " to "
+          << (request.host.empty() ? "any peer" : request.host) << " port " << request.port << "\n";
+  } else {
+    request = make_request(options);
+  }
+  const policy::Decision decision = policy.evaluate(caller, request);
   if (json)
-    print_json(decision, out);
+    print_json(decision, options.tunnel, out);
   else
     print_text(decision, out);
   return decision.allowed ? kExitSuccess : kExitFailure;

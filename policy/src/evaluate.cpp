@@ -108,6 +108,15 @@ MatchResult match_rule(const Rule& rule, const Caller& caller, const Request& re
         "MatchPort " + texts_of(rule.ports, [](const PortRange& r) { return r.text; }) +
             (request.port == 0 ? std::string(" does not match (the request has no port)")
                                : " does not match port " + std::to_string(request.port)));
+
+  // MatchTunnel: only requests about a tunnel, and only the named ones ("*": any).
+  check(!rule.tunnels.empty(), "MatchTunnel",
+        !request.tunnel.empty() && std::any_of(rule.tunnels.begin(), rule.tunnels.end(), [&](const std::string& name) {
+          return name == "*" || name == request.tunnel;
+        }),
+        "MatchTunnel " + words_of(rule.tunnels) +
+            (request.tunnel.empty() ? std::string(" does not match (the request is not for a tunnel)")
+                                    : " does not match tunnel " + request.tunnel));
   return result;
 }
 
@@ -248,6 +257,7 @@ Decision evaluate(const PolicyData& data, const Caller& caller, const Request& r
   if (!request.host.empty()) who += ", host " + request.host;
   if (!request.address.empty()) who += ", address " + request.address;
   if (request.port) who += ", port " + std::to_string(request.port);
+  if (!request.tunnel.empty()) who += ", tunnel " + request.tunnel;
   deny(decision, data.rules.empty() ? "the policy has no rules, so every request is denied"
                                     : "no policy rule matches this request (" + who + "); denied by default");
   return decision;

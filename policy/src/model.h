@@ -57,6 +57,7 @@ struct Rule {
   std::vector<std::string> hosts;    // globs, lower case
   std::vector<Cidr> addresses;
   std::vector<PortRange> ports;
+  std::vector<std::string> tunnels;  // MatchTunnel: tunnel names, "*" = any tunnel
 
   // Grants.
   std::optional<std::vector<std::string>> protocols;  // absent = every known protocol
@@ -75,6 +76,7 @@ struct PolicyData {
   std::vector<Psk> psks;
   std::vector<TrustStore> trust_stores;
   std::vector<Rule> rules;
+  std::vector<Tunnel> tunnels;
 
   PolicyData() = default;
   PolicyData(const PolicyData&) = delete;
@@ -87,14 +89,15 @@ struct FileFacts {
   std::vector<unsigned> inline_key_lines;  // lines with Key= (secret inside the policy file)
 };
 
-// A rule's use of a named Identity, PSK or TrustStore, checked once every
-// file has been read.
+// A rule's or tunnel's use of a named Identity, PSK, TrustStore or Tunnel,
+// checked once every file has been read.
 struct PendingReference {
   std::string file;
   unsigned line = 0;
-  std::string rule;  // "" when the rule's own name was rejected
-  std::string kind;  // "Identity" | "PSK" | "TrustStore"
+  std::string rule;  // "" when the referring section's own name was rejected
+  std::string kind;  // "Identity" | "PSK" | "TrustStore" | "Tunnel"
   std::string name;
+  std::string owner = "Rule";  // section type of the referring section: "Rule" | "Tunnel"
 };
 
 // Names declared so far, "name" -> "file:line"; kept apart from PolicyData so
@@ -104,6 +107,7 @@ struct Declarations {
   std::map<std::string, std::string> psks;
   std::map<std::string, std::string> trust_stores;
   std::map<std::string, std::string> rules;
+  std::map<std::string, std::string> tunnels;
   std::vector<PendingReference> references;
 };
 

@@ -12,12 +12,13 @@
 
 #include "policy/src/files.h"
 #include "policy/src/model.h"
+#include "policy/src/tunnel_values.h"
 #include "policy/src/values.h"
 
 namespace tapsec::policy::detail {
 namespace {
 
-enum class SectionType { Identity, Psk, TrustStore, Rule };
+enum class SectionType { Identity, Psk, TrustStore, Rule, Tunnel };
 
 struct SectionSpec {
   SectionType type;
@@ -35,10 +36,17 @@ const std::vector<SectionSpec>& section_specs() {
        "Rule",
        {"Description", "MatchUser", "MatchGroup", "MatchUnit", "MatchCgroup", "MatchRole", "MatchHost",
         "MatchAddress", "MatchPort", "Protocols", "Ciphersuites", "Groups", "SignatureAlgorithms",
-        "Identities", "PSKs", "TrustStore", "PeerValidation", "Export", "Fallback", "Action"},
+        "Identities", "PSKs", "TrustStore", "PeerValidation", "Export", "Fallback", "Action", "MatchTunnel"},
        {"MatchUser", "MatchGroup", "MatchUnit", "MatchCgroup", "MatchRole", "MatchHost", "MatchAddress",
         "MatchPort", "Protocols", "Ciphersuites", "Groups", "SignatureAlgorithms", "Identities", "PSKs",
-        "PeerValidation"}},
+        "PeerValidation", "MatchTunnel"}},
+      {SectionType::Tunnel,
+       "Tunnel",
+       {"Description", "Name", "Protocol", "Peer", "LocalAddress", "Port", "LocalId", "RemoteId", "Auth", "PSK",
+        "Identity", "TrustStore", "LocalTS", "RemoteTS", "Mode", "IKEProposals", "ESPProposals", "RekeyGroup",
+        "Start", "RekeyTime", "LifeTime", "RekeyBytes", "LifeBytes", "RekeyPackets", "LifePackets",
+        "IKERekeyTime", "DPD", "ReplayWindow", "MOBIKE", "Fragmentation", "ForceEncapsulation", "Export"},
+       {"LocalTS", "RemoteTS", "IKEProposals", "ESPProposals"}},
   };
   return specs;
 }
@@ -95,11 +103,16 @@ class FileParser {
     std::string name;  // "" when the header's name was rejected
     unsigned line = 0;
     std::size_t errors_before = 0;
+    bool header_named = false;   // the name came from the header
+    bool name_rejected = false;  // invalid or duplicate (already reported)
     std::map<std::string, unsigned> lines;  // key -> first line it appeared on
     Identity identity;
     Psk psk;
     TrustStore trust_store;
     Rule rule;
+    Tunnel tunnel;
+    // Traffic selectors with their lines, for the Mode=transport check.
+    std::vector<std::pair<TrafficSelectorSpec, unsigned>> traffic_selectors;
   };
 
   FileParser(std::string_view text, const std::string& file, PolicyData& data, Declarations& declared,
@@ -172,7 +185,7 @@ class FileParser {
       std::string message = "unknown section type '" + std::string(words[0]) + "'";
       for (const SectionSpec& candidate : section_specs())
         if (iequals(candidate.header, words[0])) message += " (did you mean '" + std::string(candidate.header) + "'?)";
-      message += "; known: Identity, PSK, TrustStore, Rule";
+      message += "; known: Identity, PSK, TrustStore, Rule, Tunnel";
       error(line, std::move(message));
       return;
     }
@@ -180,23 +193,34 @@ class FileParser {
     section.spec = spec;
     section.line = line;
     section.errors_before = errors_.size();
-    if (words.size() != 2) {
+    if (spec->type == SectionType::Tunnel && words.size() == 1) {
+      // [Tunnel] with Name= below; the name is declared when Name= is read.
+    } else if (words.size() != 2) {
       error(line, "[" + std::string(spec->header) + "] needs exactly one name, e.g. [" +
                       std::string(spec->header) + " example]");
+      section.name_rejected = true;
     } else if (!is_valid_name(words[1])) {
       error(line, "'" + std::string(words[1]) +
                       "' is not a valid name (letters, digits, '-', '_', '.'; starting with a letter or digit; "
                       "at most 64)");
+      section.name_rejected = true;
     } else {
-      section.name = std::string(words[1]);
-      auto& names = declared_names(spec->type);
-      const auto [it, inserted] = names.emplace(section.name, location(line));
-      if (!inserted) {
-        error(line, std::string(spec->header) + " '" + section.name + "' is already defined at " + it->second);
-        section.name.clear();
-      }
+      declare(section, spec->type, words[1], line);
+      section.header_named = true;
     }
     section_ = std::move(section);
+  }
+
+  // Records the section's name, or reports a duplicate (leaving the name empty).
+  void declare(Section& section, SectionType type, std::string_view name, unsigned line) {
+    section.name = std::string(name);
+    auto& names = declared_names(type);
+    const auto [it, inserted] = names.emplace(section.name, location(line));
+    if (!inserted) {
+      error(line, std::string(section.spec->header) + " '" + section.name + "' is already defined at " + it->second);
+      section.name.clear();
+      section.name_rejected = true;
+    }
   }
 
   std::map<std::string, std::string>& declared_names(SectionType type) {
@@ -204,6 +228,7 @@ class FileParser {
       case SectionType::Identity: return declared_.identities;
       case SectionType::Psk: return declared_.psks;
       case SectionType::TrustStore: return declared_.trust_stores;
+      case SectionType::Tunnel: return declared_.tunnels;
       case SectionType::Rule: break;
     }
     return declared_.rules;
@@ -238,6 +263,9 @@ class FileParser {
           }
         }
         break;
+      case SectionType::Tunnel:
+        finish_tunnel(section);
+        break;
     }
     const bool valid = !section.name.empty() && errors_.size() == section.errors_before;
     if (valid) commit(section);
@@ -270,6 +298,11 @@ class FileParser {
         section.rule.line = section.line;
         section.rule.location = where;
         data_.rules.push_back(std::move(section.rule));
+        break;
+      case SectionType::Tunnel:
+        section.tunnel.name = section.name;
+        section.tunnel.location = where;
+        data_.tunnels.push_back(std::move(section.tunnel));
         break;
     }
   }
@@ -305,6 +338,7 @@ class FileParser {
       case SectionType::Psk: psk_key(section, key, value, line); break;
       case SectionType::TrustStore: trust_store_key(section, key, value, line); break;
       case SectionType::Rule: rule_key(section, key, value, line); break;
+      case SectionType::Tunnel: tunnel_key(section, key, value, line); break;
     }
   }
 
@@ -528,12 +562,215 @@ class FileParser {
       if (auto flag = boolean(key, value, line)) rule.export_allowed = *flag;
     } else if (key == "Fallback") {
       if (auto flag = boolean(key, value, line)) rule.fallback_allowed = *flag;
+    } else if (key == "MatchTunnel") {
+      for (std::string_view word : words) {
+        if (word == "*") {
+          push_unique(rule.tunnels, std::string(word));
+        } else if (!is_valid_name(word)) {
+          bad(word, "'" + std::string(word) + "' is not a tunnel name (or * for any tunnel)");
+        } else {
+          push_unique(rule.tunnels, std::string(word));
+          refer(section, "Tunnel", word, line);
+        }
+      }
     } else if (key == "Action") {
       if (value == "allow") rule.action = Action::Allow;
       else if (value == "deny") rule.action = Action::Deny;
       else bad(value, "'" + std::string(value) + "' is not an action (allow or deny)");
     }
   }
+
+  // ---- [Tunnel] ----
+
+  void tunnel_key(Section& section, std::string_view key, std::string_view value, unsigned line) {
+    Tunnel& tunnel = section.tunnel;
+    std::string why;
+    const auto words = split_words(value);
+    const auto bad = [&](std::string reason) { error(line, std::string(key) + "=: " + reason); };
+    const auto one_of = [&](std::initializer_list<std::string_view> allowed, std::string& out) {
+      for (std::string_view candidate : allowed) {
+        if (value == candidate) {
+          out = std::string(value);
+          return;
+        }
+      }
+      std::string list;
+      for (std::string_view candidate : allowed) list += (list.empty() ? "" : " or ") + std::string(candidate);
+      bad("'" + std::string(value) + "' is not valid (use " + list + ")");
+    };
+    const auto duration = [&](std::uint32_t& out) {
+      if (auto seconds = parse_duration(value, why)) out = *seconds;
+      else bad(why);
+    };
+    const auto count = [&](std::uint64_t& out) {
+      if (auto number = parse_count(value, why)) out = *number;
+      else bad(why);
+    };
+    const auto flag = [&](bool& out) {
+      if (auto parsed = boolean(key, value, line)) out = *parsed;
+    };
+    const auto section_name = [&](std::string& out) {
+      if (words.size() != 1 || !is_valid_name(words[0])) bad("expected one section name, got '" + std::string(value) + "'");
+      else out = std::string(words[0]);
+    };
+    const auto identification = [&](std::string& out) {
+      const bool printable = std::all_of(value.begin(), value.end(), [](char c) {
+        return static_cast<unsigned char>(c) >= 0x20 && static_cast<unsigned char>(c) < 0x7f;
+      });
+      if (!printable || value.size() > 255) bad("must be printable ASCII of at most 255 characters");
+      else out = std::string(value);
+    };
+
+    if (key == "Description") {
+      // for people only
+    } else if (key == "Name") {
+      if (!is_valid_name(value)) {
+        bad("'" + std::string(value) + "' is not a valid name (letters, digits, '-', '_', '.'; starting with a "
+            "letter or digit; at most 64)");
+        section.name_rejected = true;
+      } else if (section.header_named || section.name_rejected) {
+        if (value != section.name && !section.name_rejected)
+          bad("'" + std::string(value) + "' differs from the name in the section header ('" + section.name + "')");
+      } else {
+        declare(section, SectionType::Tunnel, value, line);
+      }
+    } else if (key == "Protocol") {
+      if (value == "ikev2") tunnel.protocol = "ikev2";
+      else if (value == "wireguard") bad("wireguard tunnels are not supported yet; only ikev2 is");
+      else bad("unknown tunnel protocol '" + std::string(value) + "' (only ikev2 is supported)");
+    } else if (key == "Peer") {
+      if (words.size() != 1 || !is_valid_peer(value))
+        bad("'" + std::string(value) + "' is not an IP address, host name, or %any");
+      else tunnel.peer = std::string(value);
+    } else if (key == "LocalAddress") {
+      if (!parse_address(value)) bad("'" + std::string(value) + "' is not an IP address");
+      else tunnel.local_address = std::string(value);
+    } else if (key == "Port") {
+      const auto range = parse_port_range(value, why);
+      if (!range || range->low != range->high) bad(range ? "expected one port, not a range" : why);
+      else tunnel.port = range->low;
+    } else if (key == "LocalId") {
+      identification(tunnel.local_id);
+    } else if (key == "RemoteId") {
+      identification(tunnel.remote_id);
+    } else if (key == "Auth") {
+      one_of({"psk", "certificate"}, tunnel.auth);
+    } else if (key == "PSK") {
+      section_name(tunnel.psk);
+    } else if (key == "Identity") {
+      section_name(tunnel.identity);
+    } else if (key == "TrustStore") {
+      section_name(tunnel.trust_store);
+    } else if (key == "LocalTS" || key == "RemoteTS") {
+      auto& list = key == "LocalTS" ? tunnel.local_ts : tunnel.remote_ts;
+      for (std::string_view word : words) {
+        auto selector = parse_traffic_selector(word, why);
+        if (!selector) {
+          bad(why);
+          continue;
+        }
+        push_unique(list, selector->text);
+        section.traffic_selectors.emplace_back(std::move(*selector), line);
+      }
+    } else if (key == "Mode") {
+      one_of({"tunnel", "transport"}, tunnel.mode);
+    } else if (key == "IKEProposals" || key == "ESPProposals") {
+      const bool ike = key == "IKEProposals";
+      for (std::string_view word : words) {
+        if (check_proposal(word, ike ? ProposalKind::Ike : ProposalKind::Esp, why))
+          push_unique(ike ? tunnel.ike_proposals : tunnel.esp_proposals, std::string(word));
+        else
+          bad(why);
+      }
+    } else if (key == "RekeyGroup") {
+      const auto& groups = known_key_exchange_groups();
+      if (std::find(groups.begin(), groups.end(), value) == groups.end())
+        bad("unknown key exchange group '" + std::string(value) + "' (known: " + join(groups, " ") + ")");
+      else tunnel.rekey_group = std::string(value);
+    } else if (key == "Start") {
+      one_of({"none", "boot", "trap"}, tunnel.start);
+    } else if (key == "RekeyTime" || key == "LifeTime" || key == "IKERekeyTime") {
+      const auto seconds = parse_duration(value, why);
+      if (!seconds) bad(why);
+      else if (*seconds == 0) bad("must be more than 0 seconds");
+      else if (key == "RekeyTime") tunnel.rekey_seconds = *seconds;
+      else if (key == "LifeTime") tunnel.life_seconds = *seconds;
+      else tunnel.ike_rekey_seconds = *seconds;
+    } else if (key == "DPD") {
+      duration(tunnel.dpd_seconds);
+    } else if (key == "RekeyBytes") {
+      count(tunnel.rekey_bytes);
+    } else if (key == "LifeBytes") {
+      count(tunnel.life_bytes);
+    } else if (key == "RekeyPackets") {
+      count(tunnel.rekey_packets);
+    } else if (key == "LifePackets") {
+      count(tunnel.life_packets);
+    } else if (key == "ReplayWindow") {
+      std::uint64_t window = 0;
+      count(window);
+      if (window > kMaxReplayWindow) bad("at most " + std::to_string(kMaxReplayWindow) + " packets");
+      else tunnel.replay_window = static_cast<std::uint32_t>(window);
+    } else if (key == "MOBIKE") {
+      flag(tunnel.mobike);
+    } else if (key == "Fragmentation") {
+      flag(tunnel.fragmentation);
+    } else if (key == "ForceEncapsulation") {
+      flag(tunnel.force_encapsulation);
+    } else if (key == "Export") {
+      flag(tunnel.export_allowed);
+    }
+  }
+
+  // Checks that need the whole section; each error points at the key to fix.
+  void finish_tunnel(Section& section) {
+    Tunnel& tunnel = section.tunnel;
+    const auto line_of = [&](std::string_view key) {
+      const auto it = section.lines.find(std::string(key));
+      return it == section.lines.end() ? section.line : it->second;
+    };
+    const auto given = [&](std::string_view key) { return section.lines.count(std::string(key)) > 0; };
+    const std::string name = section.name.empty() ? std::string("[Tunnel]") : "[Tunnel " + section.name + "]";
+    if (section.name.empty() && !section.name_rejected)
+      error(section.line, "[Tunnel] has no name: give Name= (or write [Tunnel name])");
+
+    if (tunnel.auth == "psk" && !given("PSK"))
+      error(line_of("Auth"), name + ": Auth=psk needs PSK= naming a [PSK] section");
+    if (tunnel.auth == "certificate" && !given("Identity"))
+      error(line_of("Auth"), name + ": Auth=certificate needs Identity= naming an [Identity] section");
+    // Which names must exist is decided by Auth=; checked once every file is read.
+    const auto refer_to = [&](std::string_view kind, const std::string& target, std::string_view key) {
+      if (!target.empty())
+        declared_.references.push_back({file_, line_of(key), section.name, std::string(kind), target, "Tunnel"});
+    };
+    if (tunnel.auth == "psk") refer_to("PSK", tunnel.psk, "PSK");
+    if (tunnel.auth == "certificate") {
+      refer_to("Identity", tunnel.identity, "Identity");
+      refer_to("TrustStore", tunnel.trust_store, "TrustStore");
+    }
+
+    const bool has_peer = !tunnel.peer.empty() && tunnel.peer != "%any";
+    if ((tunnel.start == "boot" || tunnel.start == "trap") && !has_peer)
+      error(line_of("Start"), name + ": Start=" + tunnel.start + " needs Peer= (an address or host name to connect to)");
+    if (tunnel.start == "trap" && tunnel.mode == "tunnel" && tunnel.local_ts.empty() && tunnel.remote_ts.empty())
+      error(line_of("Start"), name + ": Start=trap needs LocalTS= or RemoteTS= (the traffic that starts the tunnel), "
+                                     "or Mode=transport");
+    if (tunnel.mode == "transport") {
+      for (const auto& [selector, line] : section.traffic_selectors)
+        if (!selector.is_host)
+          error(line, name + ": Mode=transport protects traffic between the two hosts only; traffic selector '" +
+                          selector.text + "' is a network (use a host address, or Mode=tunnel)");
+    }
+    if (given("LifeTime") && given("RekeyTime") && tunnel.life_seconds <= tunnel.rekey_seconds)
+      error(line_of("LifeTime"), name + ": LifeTime= (" + std::to_string(tunnel.life_seconds) +
+                                     "s) must be longer than RekeyTime= (" + std::to_string(tunnel.rekey_seconds) + "s)");
+    if (given("LifeBytes") && given("RekeyBytes") && tunnel.life_bytes <= tunnel.rekey_bytes)
+      error(line_of("LifeBytes"), name + ": LifeBytes= must be more than RekeyBytes=");
+    if (given("LifePackets") && given("RekeyPackets") && tunnel.life_packets <= tunnel.rekey_packets)
+      error(line_of("LifePackets"), name + ": LifePackets= must be more than RekeyPackets=");
+  }
+
+  static constexpr std::uint64_t kMaxReplayWindow = 4096;
 
   std::string_view text_;
   const std::string& file_;
@@ -559,11 +796,15 @@ void resolve_references(const Declarations& declared, std::vector<Error>& errors
     return names.empty() ? std::string("none") : join(names, ", ");
   };
   for (const PendingReference& ref : declared.references) {
-    const auto& declared_names = ref.kind == "Identity" ? declared.identities
-                                 : ref.kind == "PSK"    ? declared.psks
-                                                        : declared.trust_stores;
+    const auto& declared_names = ref.kind == "Identity"     ? declared.identities
+                                 : ref.kind == "PSK"        ? declared.psks
+                                 : ref.kind == "TrustStore" ? declared.trust_stores
+                                                            : declared.tunnels;
     if (declared_names.count(ref.name)) continue;
-    const std::string rule = ref.rule.empty() ? std::string("this rule") : "Rule '" + ref.rule + "'";
+    std::string owner_lower = ref.owner;
+    std::transform(owner_lower.begin(), owner_lower.end(), owner_lower.begin(),
+                   [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+    const std::string rule = ref.rule.empty() ? "this " + owner_lower : ref.owner + " '" + ref.rule + "'";
     errors.push_back({ref.file, ref.line,
                       rule + " refers to " + ref.kind + " '" + ref.name + "', which is not defined (defined: " +
                           names_of(declared_names) + ")"});

@@ -164,6 +164,18 @@ std::vector<std::string> Policy::trust_store_names() const {
   return names;
 }
 
+const Tunnel* Policy::tunnel(std::string_view name) const {
+  for (const Tunnel& tunnel : data().tunnels)
+    if (tunnel.name == name) return &tunnel;
+  return nullptr;
+}
+
+std::vector<std::string> Policy::tunnel_names() const {
+  std::vector<std::string> names;
+  for (const Tunnel& tunnel : data().tunnels) names.push_back(tunnel.name);
+  return names;
+}
+
 std::vector<std::string> Policy::rule_names() const {
   std::vector<std::string> names;
   for (const detail::Rule& rule : data().rules) names.push_back(rule.name);

@@ -56,6 +56,7 @@ struct Request {
   // and for a server "does not ask for a peer certificate" (nothing to check).
   std::string peer_validation;
   Offload offload = Offload::Preferred;
+  std::string tunnel;  // EstablishTunnel/Terminate of a tunnel: its name ("" otherwise)
 };
 
 struct Decision {
@@ -101,6 +102,38 @@ struct TrustStore {
   std::string location;
 };
 
+// A tunnel defined in policy ([Tunnel] section): an IKEv2 connection the
+// agent can start at boot, on demand (trap policies), by EstablishTunnel,
+// or accept as responder. See policy/README.md.
+struct Tunnel {
+  std::string name;
+  std::string protocol = "ikev2";
+  std::string peer;           // address or host name; "" or "%any" = respond only
+  std::string local_address;  // "" = chosen by routing
+  std::uint16_t port = 500;   // the peer's IKE port
+  std::string local_id;       // "" = the local address (or the certificate subject)
+  std::string remote_id;      // "" = any ID the peer can prove
+  std::string auth = "psk";   // "psk" | "certificate"
+  std::string psk;            // [PSK] name
+  std::string identity;       // [Identity] name
+  std::string trust_store;    // [TrustStore] name ("" = system)
+  std::vector<std::string> local_ts, remote_ts;  // "10.1.0.0/24"; empty = the outer address
+  std::string mode = "tunnel";                   // "tunnel" | "transport"
+  std::vector<std::string> ike_proposals, esp_proposals;  // strongSwan syntax; empty = defaults
+  std::string rekey_group;                       // PFS group name for CREATE_CHILD_SA ("" = none)
+  std::string start = "none";                    // "none" | "boot" | "trap"
+  std::uint32_t rekey_seconds = 3600, life_seconds = 0;  // 0 = rekey + 10%
+  std::uint64_t rekey_bytes = 0, life_bytes = 0, rekey_packets = 0, life_packets = 0;
+  std::uint32_t ike_rekey_seconds = 14400;
+  std::uint32_t dpd_seconds = 30;
+  std::uint32_t replay_window = 32;
+  bool mobike = true;
+  bool fragmentation = true;
+  bool force_encapsulation = false;
+  bool export_allowed = false;  // SSKE from SK_d
+  std::string location;         // "file:line"
+};
+
 class Policy {
  public:
   // Reads every *.policy file of dir in lexical order. A missing directory
@@ -118,6 +151,8 @@ class Policy {
   std::vector<std::string> psk_names() const;
   std::vector<std::string> trust_store_names() const;
   std::vector<std::string> rule_names() const;  // in evaluation order
+  const Tunnel* tunnel(std::string_view name) const;
+  std::vector<std::string> tunnel_names() const;  // in file order
 
   Policy();
   ~Policy();

@@ -134,7 +134,9 @@ void append_props(sd_bus_message* m, const Props& props) {
 
 }  // namespace
 
-AgentProcess::AgentProcess(const std::string& policy_text) {
+AgentProcess::AgentProcess(const std::string& policy_text) : AgentProcess(policy_text, {"--ike-port", "0"}) {}
+
+AgentProcess::AgentProcess(const std::string& policy_text, std::vector<std::string> extra_args) {
   char tmpl[] = "/tmp/tapsec-it-XXXXXX";
   if (!mkdtemp(tmpl)) throw std::runtime_error("mkdtemp failed");
   dir_ = tmpl;
@@ -161,8 +163,13 @@ AgentProcess::AgentProcess(const std::string& policy_text) {
   if (agent == 0) {
     prctl(PR_SET_PDEATHSIG, SIGTERM);
     dup2(log_fd, 2);
-    execl(TAPSECD_PATH, "tapsecd", "--bus", bus_address_.c_str(), "--policy-dir", (dir_ + "/policy.d").c_str(),
-          "--log-level", "debug", nullptr);
+    std::vector<std::string> args = {"tapsecd", "--bus", bus_address_, "--policy-dir", dir_ + "/policy.d",
+                                      "--log-level", "debug"};
+    args.insert(args.end(), extra_args.begin(), extra_args.end());
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    execv(TAPSECD_PATH, argv.data());
     _exit(127);
   }
   close(log_fd);
@@ -387,6 +394,67 @@ bool read_exact(int fd, void* data, std::size_t n) {
     n -= static_cast<std::size_t>(r);
   }
   return true;
+}
+
+}  // namespace tapsec::testing
+
+namespace tapsec::testing {
+
+std::string AgentProcess::establish_tunnel(const std::string& peer, const Props& props, std::string* error_name,
+                                           std::string* error_message) {
+  sd_bus_message* m = nullptr;
+  sd_bus_message_new_method_call(bus_, &m, "org.tapsec1", "/org/tapsec1", "org.tapsec1.Manager", "EstablishTunnel");
+  sd_bus_message_append(m, "s", peer.c_str());
+  append_props(m, props);
+  sd_bus_error error = SD_BUS_ERROR_NULL;
+  sd_bus_message* reply = nullptr;
+  int r = sd_bus_call(bus_, m, 60'000'000, &error, &reply);
+  sd_bus_message_unref(m);
+  std::string path;
+  if (r < 0) {
+    if (error_name) *error_name = error.name ? error.name : "error";
+    if (error_message) *error_message = error.message ? error.message : "";
+  } else {
+    const char* p = nullptr;
+    if (sd_bus_message_read(reply, "o", &p) >= 0 && p) path = p;
+  }
+  sd_bus_error_free(&error);
+  sd_bus_message_unref(reply);
+  return path;
+}
+
+std::vector<AgentProcess::Tunnel> AgentProcess::list_tunnels() {
+  std::vector<Tunnel> out;
+  sd_bus_message* reply = nullptr;
+  sd_bus_error error = SD_BUS_ERROR_NULL;
+  if (sd_bus_call_method(bus_, "org.tapsec1", "/org/tapsec1", "org.tapsec1.Manager", "ListTunnels", &error, &reply,
+                         "") < 0) {
+    sd_bus_error_free(&error);
+    return out;
+  }
+  sd_bus_message_enter_container(reply, 'a', "(ssssso)");
+  const char *name, *protocol, *peer, *start, *state, *path;
+  while (sd_bus_message_read(reply, "(ssssso)", &name, &protocol, &peer, &start, &state, &path) > 0)
+    out.push_back({name, protocol, peer, start, state, path});
+  sd_bus_message_unref(reply);
+  return out;
+}
+
+std::map<std::string, std::uint64_t> AgentProcess::statistics() {
+  std::map<std::string, std::uint64_t> out;
+  sd_bus_message* reply = nullptr;
+  sd_bus_error error = SD_BUS_ERROR_NULL;
+  if (sd_bus_get_property(bus_, "org.tapsec1", "/org/tapsec1", "org.tapsec1.Manager", "Statistics", &error, &reply,
+                          "a{st}") < 0) {
+    sd_bus_error_free(&error);
+    return out;
+  }
+  sd_bus_message_enter_container(reply, 'a', "{st}");
+  const char* key = nullptr;
+  std::uint64_t value = 0;
+  while (sd_bus_message_read(reply, "{st}", &key, &value) > 0) out[key] = value;
+  sd_bus_message_unref(reply);
+  return out;
 }
 
 }  // namespace tapsec::testing

@@ -34,6 +34,9 @@ class AgentProcess {
  public:
   // policy_text may use ${DIR} for the directory holding the certificates.
   explicit AgentProcess(const std::string& policy_text);
+  // extra_args go to tapsecd; without them IKE is off (--ike-port 0), so
+  // tests never contend for UDP 500.
+  AgentProcess(const std::string& policy_text, std::vector<std::string> extra_args);
   ~AgentProcess();
 
   const std::string& dir() const { return dir_; }
@@ -61,6 +64,15 @@ class AgentProcess {
   std::size_t agent_fd_count() const;
   // Manager.FlushSessionCache(); returns the entries removed, or -1.
   long flush_session_cache();
+
+  // Manager.EstablishTunnel: the association path, or "" with the error.
+  std::string establish_tunnel(const std::string& peer, const Props& props, std::string* error_name,
+                               std::string* error_message);
+  struct Tunnel {
+    std::string name, protocol, peer, start, state, association;
+  };
+  std::vector<Tunnel> list_tunnels();
+  std::map<std::string, std::uint64_t> statistics();
 
  private:
   std::string dir_;

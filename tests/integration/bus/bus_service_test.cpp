@@ -276,9 +276,9 @@ std::string read_variant_as_text(sd_bus_message* m) {
   std::string signature = contents;
   sd_bus_message_enter_container(m, 'v', contents);
   std::string text = signature + ":";
-  if (signature == "s") {
+  if (signature == "s" || signature == "o") {
     const char* s;
-    sd_bus_message_read_basic(m, 's', &s);
+    sd_bus_message_read_basic(m, signature[0], &s);
     text += s;
   } else if (signature == "t") {
     std::uint64_t v;
@@ -663,6 +663,73 @@ TEST_F(BusServiceTest, ConnectChecksArgumentsAndReturnsASocket) {
   EXPECT_EQ(server_->backend.snapshot().connect_calls, 1);
 }
 
+TEST_F(BusServiceTest, EstablishTunnelChecksPropsAndReturnsTheIkeSa) {
+  auto tunnel_args = [](const char* peer, const Writer& props) -> Writer {
+    return [=](sd_bus_message* m) {
+      int r = sd_bus_message_append(m, "s", peer);
+      if (r < 0) return r;
+      if ((r = sd_bus_message_open_container(m, 'a', "{sv}")) < 0) return r;
+      if (props && (r = props(m)) < 0) return r;
+      return sd_bus_message_close_container(m);
+    };
+  };
+  CallResult r = call(bus::kManagerPath, bus::kManagerInterface, "EstablishTunnel",
+                      tunnel_args("192.0.2.2", [](sd_bus_message* m) {
+                        int r = sd_bus_message_append(m, "{sv}", "psk", "s", "site");
+                        if (r >= 0) r = sd_bus_message_append(m, "{sv}", "local-ts", "as", 1, "10.1.0.0/24");
+                        if (r >= 0) r = sd_bus_message_append(m, "{sv}", "mode", "s", "transport");
+                        return r;
+                      }));
+  ASSERT_TRUE(r.ok()) << r.error_name << ": " << r.error_message;
+  const char* path = nullptr;
+  ASSERT_GE(sd_bus_message_read(r.reply.get(), "o", &path), 0);
+  EXPECT_STREQ(path, "/org/tapsec1/association/77");
+  auto seen = server_->backend.snapshot();
+  EXPECT_EQ(seen.tunnel_peer, "192.0.2.2");
+  EXPECT_EQ(seen.tunnel_props.psk, "site");
+  EXPECT_EQ(seen.tunnel_props.local_ts, std::vector<std::string>{"10.1.0.0/24"});
+  EXPECT_EQ(seen.tunnel_props.mode, "transport");
+
+  struct Bad {
+    const char* peer;
+    Writer props;
+    const char* error;
+  };
+  std::vector<Bad> bad = {
+      {"", {}, "org.tapsec1.Error.InvalidArgument"},
+      {"x", [](sd_bus_message* m) { return sd_bus_message_append(m, "{sv}", "alpn", "as", 0); },
+       "org.tapsec1.Error.UnknownProperty"},
+      {"x", [](sd_bus_message* m) { return sd_bus_message_append(m, "{sv}", "mode", "s", "sideways"); },
+       "org.tapsec1.Error.InvalidArgument"},
+      {"x", [](sd_bus_message* m) { return sd_bus_message_append(m, "{sv}", "mode", "u", 1); },
+       "org.tapsec1.Error.InvalidArgument"},
+      {"x",
+       [](sd_bus_message* m) {
+         int r = sd_bus_message_append(m, "{sv}", "psk", "s", "a");
+         return r < 0 ? r : sd_bus_message_append(m, "{sv}", "identity", "s", "b");
+       },
+       "org.tapsec1.Error.InvalidArgument"},
+      {"x", [](sd_bus_message* m) { return sd_bus_message_append(m, "{sv}", "remote-ts", "as", 1, "10.0.0.0/8;"); },
+       "org.tapsec1.Error.InvalidArgument"},
+      {"fail", {}, "org.tapsec1.Error.PolicyDenied"},
+  };
+  for (const auto& b : bad) {
+    r = call(bus::kManagerPath, bus::kManagerInterface, "EstablishTunnel", tunnel_args(b.peer, b.props));
+    EXPECT_EQ(r.error_name, b.error) << b.peer << ": " << r.error_message;
+  }
+  EXPECT_EQ(server_->backend.snapshot().tunnel_calls, 2) << "bad props must not reach the backend";
+
+  r = call(bus::kManagerPath, bus::kManagerInterface, "ListTunnels");
+  ASSERT_TRUE(r.ok()) << r.error_message;
+  ASSERT_GE(sd_bus_message_enter_container(r.reply.get(), 'a', "(ssssso)"), 0);
+  std::vector<std::string> rows;
+  const char *name, *protocol, *peer, *start, *state, *association;
+  while (sd_bus_message_read(r.reply.get(), "(ssssso)", &name, &protocol, &peer, &start, &state, &association) > 0)
+    rows.push_back(std::string(name) + " " + protocol + " " + peer + " " + start + " " + state + " " + association);
+  EXPECT_EQ(rows, (std::vector<std::string>{"to-beta ikev2 192.0.2.2 boot up /org/tapsec1/association/77",
+                                            "anyone ikev2 %any none down /"}));
+}
+
 // ---- objects, properties, signals ----
 
 TEST_F(BusServiceTest, AssociationObjectsAppearAndDisappear) {
@@ -763,6 +830,16 @@ TEST_F(BusServiceTest, AssociationObjectsAppearAndDisappear) {
       {"PeerAddress", "s:127.0.0.1:2000"},
       {"OwnerUid", "u:" + std::to_string(getuid())},
       {"CreatedAt", "t:1234567"},
+      {"Parent", "o:/"},
+      {"TunnelName", "s:"},
+      {"Mode", "s:"},
+      {"LocalTrafficSelectors", "as:"},
+      {"RemoteTrafficSelectors", "as:"},
+      {"InboundSPI", "s:"},
+      {"OutboundSPI", "s:"},
+      {"Encapsulation", "s:"},
+      {"PacketsSent", "t:0"},
+      {"PacketsReceived", "t:0"},
   };
   EXPECT_EQ(properties, expected);
 
@@ -890,6 +967,7 @@ TEST_F(BusServiceTest, ManagerProperties) {
   EXPECT_EQ(properties, (std::map<std::string, std::string>{{"Version", "s:0.1.0-test"},
                                                             {"KernelFeatures", "as:ktls,ktls-rekey,"},
                                                             {"SessionCacheEntries", "u:3"},
+                                                            {"Statistics", "a{st}:"},
                                                             {"SessionCacheCapacity", "u:1024"}}));
   ASSERT_EQ(getuid(), 0u) << "this check assumes the test runs as root (integration label)";
   r = call(bus::kManagerPath, "org.freedesktop.DBus.Properties", "Set", [](sd_bus_message* m) {

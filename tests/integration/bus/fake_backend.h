@@ -37,6 +37,9 @@ class FakeBackend : public bus::Backend {
     std::optional<std::pair<bool, std::string>> validation;  // what validate_peer answered
     std::vector<std::string> method_log;                     // "UpdateKeys 1 true", ...
     std::uint32_t capacity = 1024;
+    std::string tunnel_peer;
+    bus::TunnelProperties tunnel_props;
+    int tunnel_calls = 0;
   };
 
   mutable std::mutex mutex;
@@ -95,6 +98,23 @@ class FakeBackend : public bus::Backend {
     }
     if (publisher) publisher->association_added(id);
     return id;
+  }
+
+  // EstablishTunnel answers with association 77, or with `failure` for the
+  // peer "fail"; ListTunnels lists one tunnel that is up and one that is down.
+  void establish_tunnel(const bus::CallerCredentials&, const std::string& peer, bus::TunnelProperties props,
+                        std::function<void(TunnelResult)> done) override {
+    {
+      std::lock_guard lock(mutex);
+      received.tunnel_peer = peer;
+      received.tunnel_props = props;
+      ++received.tunnel_calls;
+    }
+    if (peer == "fail") return done(failure);
+    done(std::uint64_t{77});
+  }
+  std::vector<bus::TunnelInfo> tunnels() const override {
+    return {{"to-beta", "ikev2", "192.0.2.2", "boot", "up", 77}, {"anyone", "ikev2", "%any", "none", "down", 0}};
   }
 
   // Backend

@@ -142,6 +142,87 @@ TEST(Args, PolicyCheckDefaultsAndErrors) {
   EXPECT_FALSE(with({"--gid", "no-such-group-here"}).invocation);
 }
 
+TEST(Args, TunnelUp) {
+  auto r = parse({"tunnel", "up", "branch"});
+  ASSERT_TRUE(r.invocation) << r.error;
+  EXPECT_EQ(r.invocation->command, Command::TunnelUp);
+  const TunnelUpOptions& plain = r.invocation->tunnel;
+  EXPECT_EQ(plain.peer, "branch");
+  EXPECT_TRUE(plain.psk.empty() && plain.identity.empty() && plain.mode.empty());
+  EXPECT_TRUE(plain.local_ts.empty() && plain.remote_ts.empty() && plain.ike_proposals.empty());
+  EXPECT_FALSE(plain.timeout_ms);
+
+  r = parse({"tunnel", "up", "2001:db8::7", "--identity", "gw", "--local-id=CN=a", "--remote-id", "b",
+             "--local-ts", "10.1.0.0/24", "--local-ts", "10.4.0.0/24,2001:db8:a::/64", "--remote-ts",
+             "10.2.0.0/24[tcp/443]", "--mode", "tunnel", "--ike-proposal", "aes256gcm16-prfsha384-x25519",
+             "--ike-proposal", "aes128-sha256-modp2048", "--esp-proposal", "aes256gcm16", "--timeout-ms", "9000",
+             "--json"});
+  ASSERT_TRUE(r.invocation) << r.error;
+  const TunnelUpOptions& t = r.invocation->tunnel;
+  EXPECT_EQ(t.peer, "2001:db8::7");
+  EXPECT_EQ(t.identity, "gw");
+  EXPECT_EQ(t.local_id, "CN=a");
+  EXPECT_EQ(t.remote_id, "b");
+  EXPECT_EQ(t.local_ts, (std::vector<std::string>{"10.1.0.0/24", "10.4.0.0/24", "2001:db8:a::/64"}));
+  EXPECT_EQ(t.remote_ts, std::vector<std::string>{"10.2.0.0/24[tcp/443]"});
+  EXPECT_EQ(t.mode, "tunnel");
+  EXPECT_EQ(t.ike_proposals,
+            (std::vector<std::string>{"aes256gcm16-prfsha384-x25519", "aes128-sha256-modp2048"}));
+  EXPECT_EQ(t.esp_proposals, std::vector<std::string>{"aes256gcm16"});
+  ASSERT_TRUE(t.timeout_ms);
+  EXPECT_EQ(*t.timeout_ms, 9000u);
+  EXPECT_TRUE(r.invocation->json);
+}
+
+TEST(Args, TunnelUpErrors) {
+  const auto error_of = [](std::vector<std::string> args) {
+    auto r = parse(std::move(args));
+    EXPECT_FALSE(r.invocation);
+    return r.error;
+  };
+  EXPECT_EQ(error_of({"tunnel"}), "'tunnel' needs a subcommand: tunnel up");
+  EXPECT_EQ(error_of({"tunnel", "down", "x"}), "'tunnel' needs a subcommand: tunnel up");
+  EXPECT_EQ(error_of({"tunnel", "up"}), "'tunnel up' needs a tunnel name or a peer address");
+  EXPECT_EQ(error_of({"tunnel", "up", "a", "b"}), "unexpected argument 'b'");
+  EXPECT_EQ(error_of({"tunnel", "up", "a", "--mode", "beet"}), "--mode must be tunnel or transport");
+  EXPECT_EQ(error_of({"tunnel", "up", "a", "--timeout-ms", "0"}), "--timeout-ms must be a number of milliseconds above 0");
+  EXPECT_EQ(error_of({"tunnel", "up", "a", "--timeout-ms", "1s"}), "--timeout-ms must be a number of milliseconds above 0");
+  EXPECT_EQ(error_of({"tunnel", "up", "a", "--local-ts", ","}), "--local-ts must not be empty");
+  EXPECT_EQ(error_of({"tunnel", "up", "a", "--local-ts"}), "option '--local-ts' needs a value");
+  // Tunnel options belong to tunnel up only; policy check options are not tunnel up's.
+  EXPECT_EQ(error_of({"status", "--remote-ts", "10.0.0.0/8"}), "option '--remote-ts' does not apply to 'status'");
+  EXPECT_EQ(error_of({"tunnel", "up", "a", "--uid", "0"}), "option '--uid' does not apply to 'tunnel'");
+}
+
+TEST(Args, TunnelsAndSas) {
+  EXPECT_EQ(parse({"tunnels"}).invocation->command, Command::Tunnels);
+  EXPECT_EQ(parse({"sas", "--json"}).invocation->command, Command::Sas);
+  EXPECT_TRUE(parse({"sas", "--json"}).invocation->json);
+  EXPECT_FALSE(parse({"tunnels", "x"}).invocation);
+  EXPECT_FALSE(parse({"sas", "--psk", "x"}).invocation);
+}
+
+TEST(Args, PolicyCheckTunnel) {
+  // A tunnel supplies role, host, port and protocols; the caller is still needed.
+  auto r = parse({"policy", "check", "--uid", "0", "--tunnel", "branch"});
+  ASSERT_TRUE(r.invocation) << r.error;
+  const PolicyCheckOptions& p = r.invocation->policy;
+  EXPECT_EQ(p.tunnel, "branch");
+  EXPECT_EQ(p.role, "");
+  EXPECT_EQ(p.host, "");
+  EXPECT_EQ(p.port, 0);
+  EXPECT_TRUE(p.protocols.empty());
+  r = parse({"policy", "check", "--uid", "0", "--tunnel", "branch", "--port", "4500", "--role", "server"});
+  ASSERT_TRUE(r.invocation) << r.error;
+  EXPECT_EQ(r.invocation->policy.port, 4500);
+  EXPECT_EQ(r.invocation->policy.role, "server");
+  EXPECT_FALSE(parse({"policy", "check", "--tunnel", "branch"}).invocation);
+  EXPECT_FALSE(parse({"policy", "check", "--uid", "0", "--tunnel="}).invocation);
+  EXPECT_FALSE(parse({"policy", "check", "--uid", "0", "--tunnel", "b", "--role", "peer"}).invocation);
+  EXPECT_EQ(parse({"policy", "check", "--uid", "0", "--port", "1"}).error,
+            "policy check needs --role (or --tunnel)");
+}
+
 TEST(Hex, RoundTrip) {
   const std::vector<std::uint8_t> bytes = {0x00, 0x01, 0xab, 0xff};
   EXPECT_EQ(to_hex(bytes.data(), bytes.size()), "0001abff");

@@ -25,6 +25,11 @@ FakeAgent::Request FakeAgent::last_request() {
   return last_request_;
 }
 
+FakeAgent::Request FakeAgent::last_tunnel_request() {
+  std::lock_guard lock(mutex_);
+  return last_tunnel_request_;
+}
+
 std::vector<std::string> FakeAgent::association_calls() {
   std::lock_guard lock(mutex_);
   return association_calls_;
@@ -119,8 +124,43 @@ int FakeAgent::on_connect(sd_bus_message* m, void* userdata, sd_bus_error* error
   return r;
 }
 
-int FakeAgent::on_list(sd_bus_message* m, void*, sd_bus_error*) {
+int FakeAgent::on_list(sd_bus_message* m, void* userdata, sd_bus_error*) {
+  auto* self = static_cast<FakeAgent*>(userdata);
+  // Listed out of order on purpose: clients sort by id.
+  if (self->with_tunnels_)
+    return sd_bus_reply_method_return(m, "ao", 3, kChildSaPath, kAssociationPath, kIkeSaPath);
   return sd_bus_reply_method_return(m, "ao", 1, kAssociationPath);
+}
+
+// Peer "branch" comes up as IKE SA 2; "refused" fails as a peer would make
+// it fail; anything else is not a tunnel the fake knows.
+int FakeAgent::on_establish_tunnel(sd_bus_message* m, void* userdata, sd_bus_error* error) {
+  auto* self = static_cast<FakeAgent*>(userdata);
+  Request request;
+  request.method = "EstablishTunnel";
+  const char* peer = nullptr;
+  int r = sd_bus_message_read(m, "s", &peer);
+  if (r < 0) return r;
+  request.host = peer;
+  r = ctl::read_property_dict(m, request.props);
+  if (r < 0) return r;
+  request.signature = sd_bus_message_get_signature(m, 1);
+  {
+    std::lock_guard lock(self->mutex_);
+    self->last_tunnel_request_ = request;
+  }
+  if (request.host == "refused")
+    return sd_bus_error_set(error, "org.tapsec1.Error.HandshakeFailed",
+                            "the peer answered IKE_AUTH with AUTHENTICATION_FAILED");
+  if (request.host != "branch" && request.host != "192.0.2.9")
+    return sd_bus_error_setf(error, "org.tapsec1.Error.InvalidArgument", "no tunnel '%s' in the policy",
+                             request.host.c_str());
+  return sd_bus_reply_method_return(m, "o", kIkeSaPath);
+}
+
+int FakeAgent::on_list_tunnels(sd_bus_message* m, void*, sd_bus_error*) {
+  return sd_bus_reply_method_return(m, "a(ssssso)", 2, "branch", "ikev2", "198.51.100.7", "trap", "up", kIkeSaPath,
+                                    "partner", "ikev2", "vpn.partner.example", "none", "down", "/");
 }
 
 int FakeAgent::on_flush(sd_bus_message* m, void*, sd_bus_error*) {
@@ -181,15 +221,67 @@ int FakeAgent::on_terminate(sd_bus_message* m, void* userdata, sd_bus_error*) {
   return sd_bus_reply_method_return(m, "");
 }
 
-int FakeAgent::get_property(sd_bus*, const char*, const char* interface, const char* property,
+// The IPsec properties of the IKE SA (2) and its Child SA (3); "" when the
+// fake has no value of its own for the property there.
+int tunnel_property(const std::string& path, const std::string& name, sd_bus_message* reply) {
+  const bool ike = path == FakeAgent::kIkeSaPath;
+  static const std::map<std::string, std::pair<std::string, std::string>> strings = {
+      // name: {IKE SA, Child SA}
+      {"Protocol", {"ikev2", "esp"}},
+      {"Version", {"IKEv2", ""}},
+      {"Cipher", {"AES_GCM_16_256/PRF_HMAC_SHA2_384", "AES_GCM_16_256"}},
+      {"Group", {"CURVE_25519", ""}},
+      {"Role", {"initiator", "initiator"}},
+      {"LocalIdentity", {"gw-a.example.com", "gw-a.example.com"}},
+      {"PeerIdentity", {"gw-b.example.com", "gw-b.example.com"}},
+      {"ServerName", {"", ""}},
+      {"ALPN", {"", ""}},
+      {"Offload", {"kernel", "kernel"}},
+      {"State", {"established", "established"}},
+      {"LocalAddress", {"192.0.2.1:4500", "192.0.2.1:4500"}},
+      {"PeerAddress", {"198.51.100.7:4500", "198.51.100.7:4500"}},
+      {"TunnelName", {"branch", "branch"}},
+      {"Mode", {"", "tunnel"}},
+      {"InboundSPI", {"0x8a7f3e21c4d5b6a7", "0xc2a3e1f0"}},
+      {"OutboundSPI", {"0x1c2d3e4f5a6b7c8d", "0x0a1b2c3d"}},
+      {"Encapsulation", {"udp", "udp"}},
+  };
+  if (auto it = strings.find(name); it != strings.end())
+    return sd_bus_message_append(reply, "s", (ike ? it->second.first : it->second.second).c_str());
+  if (name == "Parent") return sd_bus_message_append(reply, "o", ike ? "/" : FakeAgent::kIkeSaPath);
+  if (name == "LocalTrafficSelectors")
+    return ike ? sd_bus_message_append(reply, "as", 0) : sd_bus_message_append(reply, "as", 1, "10.1.0.0/24");
+  if (name == "RemoteTrafficSelectors")
+    return ike ? sd_bus_message_append(reply, "as", 0)
+               : sd_bus_message_append(reply, "as", 2, "10.2.0.0/24", "10.3.0.0/16[tcp/443]");
+  if (name == "Resumed") return sd_bus_message_append(reply, "b", 0);
+  if (name == "OwnerUid") return sd_bus_message_append(reply, "u", 0u);
+  if (name == "KeyEpoch") return sd_bus_message_append(reply, "t", std::uint64_t{ike ? 0u : 1u});
+  if (name == "BytesSent") return sd_bus_message_append(reply, "t", std::uint64_t{ike ? 1200u : 840000u});
+  if (name == "BytesReceived") return sd_bus_message_append(reply, "t", std::uint64_t{ike ? 1100u : 910000u});
+  if (name == "PacketsSent") return sd_bus_message_append(reply, "t", std::uint64_t{ike ? 4u : 700u});
+  if (name == "PacketsReceived") return sd_bus_message_append(reply, "t", std::uint64_t{ike ? 4u : 650u});
+  if (name == "RecordsSent" || name == "RecordsReceived") return sd_bus_message_append(reply, "t", std::uint64_t{0});
+  if (name == "ExpiresAt")
+    return sd_bus_message_append(reply, "t", std::uint64_t{ike ? 1700014400000000u : 1700003600000000u});
+  if (name == "CreatedAt") return sd_bus_message_append(reply, "t", std::uint64_t{1700000000000000});
+  return -ENOENT;
+}
+
+int FakeAgent::get_property(sd_bus*, const char* path, const char* interface, const char* property,
                             sd_bus_message* reply, void* userdata, sd_bus_error*) {
   auto* self = static_cast<FakeAgent*>(userdata);
   const std::string name = property;
   const bool manager = std::string(interface) == "org.tapsec1.Manager";
+  if (!manager && (std::string(path) == kIkeSaPath || std::string(path) == kChildSaPath))
+    return tunnel_property(path, name, reply);
   if (manager && name == "Version") return sd_bus_message_append(reply, "s", "0.1.0-fake");
   if (name == "KernelFeatures") return sd_bus_message_append(reply, "as", 2, "ktls", "ktls-rekey");
   if (name == "SessionCacheEntries") return sd_bus_message_append(reply, "u", 7u);
   if (name == "SessionCacheCapacity") return sd_bus_message_append(reply, "u", 1024u);
+  if (name == "Statistics")
+    return sd_bus_message_append(reply, "a{st}", 2, "ike-dropped-malformed", std::uint64_t{3}, "ike-received",
+                                 std::uint64_t{12});
   // Association
   static const std::map<std::string, std::string> strings = {
       {"Protocol", "tls"},
@@ -218,6 +310,14 @@ int FakeAgent::get_property(sd_bus*, const char*, const char* interface, const c
   if (name == "RecordsSent" || name == "RecordsReceived") return sd_bus_message_append(reply, "t", std::uint64_t{3});
   if (name == "ExpiresAt") return sd_bus_message_append(reply, "t", std::uint64_t{0});
   if (name == "CreatedAt") return sd_bus_message_append(reply, "t", std::uint64_t{1700000000000000});
+  // IPsec properties of a TLS association: empty.
+  if (name == "Parent") return sd_bus_message_append(reply, "o", "/");
+  if (name == "TunnelName" || name == "Mode" || name == "InboundSPI" || name == "OutboundSPI" ||
+      name == "Encapsulation")
+    return sd_bus_message_append(reply, "s", "");
+  if (name == "LocalTrafficSelectors" || name == "RemoteTrafficSelectors")
+    return sd_bus_message_append(reply, "as", 0);
+  if (name == "PacketsSent" || name == "PacketsReceived") return sd_bus_message_append(reply, "t", std::uint64_t{0});
   return -ENOENT;
 }
 
@@ -228,10 +328,13 @@ bool FakeAgent::start() {
       SD_BUS_METHOD("Connect", "sqa{sv}", "ho", on_connect, SD_BUS_VTABLE_UNPRIVILEGED),
       SD_BUS_METHOD("ListAssociations", "", "ao", on_list, SD_BUS_VTABLE_UNPRIVILEGED),
       SD_BUS_METHOD("FlushSessionCache", "", "u", on_flush, SD_BUS_VTABLE_UNPRIVILEGED),
+      SD_BUS_METHOD("EstablishTunnel", "sa{sv}", "o", on_establish_tunnel, SD_BUS_VTABLE_UNPRIVILEGED),
+      SD_BUS_METHOD("ListTunnels", "", "a(ssssso)", on_list_tunnels, SD_BUS_VTABLE_UNPRIVILEGED),
       SD_BUS_PROPERTY("Version", "s", get_property, 0, SD_BUS_VTABLE_PROPERTY_CONST),
       SD_BUS_PROPERTY("KernelFeatures", "as", get_property, 0, SD_BUS_VTABLE_PROPERTY_CONST),
       SD_BUS_PROPERTY("SessionCacheEntries", "u", get_property, 0, 0),
       SD_BUS_PROPERTY("SessionCacheCapacity", "u", get_property, 0, 0),
+      SD_BUS_PROPERTY("Statistics", "a{st}", get_property, 0, 0),
       SD_BUS_VTABLE_END,
   };
 #define FAKE_PROPERTY(name, type) SD_BUS_PROPERTY(name, type, get_property, 0, 0)
@@ -259,6 +362,16 @@ bool FakeAgent::start() {
       FAKE_PROPERTY("PeerAddress", "s"),
       FAKE_PROPERTY("OwnerUid", "u"),
       FAKE_PROPERTY("CreatedAt", "t"),
+      FAKE_PROPERTY("Parent", "o"),
+      FAKE_PROPERTY("TunnelName", "s"),
+      FAKE_PROPERTY("Mode", "s"),
+      FAKE_PROPERTY("LocalTrafficSelectors", "as"),
+      FAKE_PROPERTY("RemoteTrafficSelectors", "as"),
+      FAKE_PROPERTY("InboundSPI", "s"),
+      FAKE_PROPERTY("OutboundSPI", "s"),
+      FAKE_PROPERTY("Encapsulation", "s"),
+      FAKE_PROPERTY("PacketsSent", "t"),
+      FAKE_PROPERTY("PacketsReceived", "t"),
       SD_BUS_METHOD("UpdateKeys", "b", "", on_update_keys, SD_BUS_VTABLE_UNPRIVILEGED),
       SD_BUS_METHOD("ExportKeyingMaterial", "sayu", "ay", on_export, SD_BUS_VTABLE_UNPRIVILEGED),
       SD_BUS_METHOD("Terminate", "", "", on_terminate, SD_BUS_VTABLE_UNPRIVILEGED),
@@ -273,6 +386,11 @@ bool FakeAgent::start() {
   if (sd_bus_add_object_vtable(bus_.get(), nullptr, kAssociationPath, "org.tapsec1.Association", association_vtable,
                                this) < 0)
     return false;
+  if (with_tunnels_) {
+    for (const char* path : {kIkeSaPath, kChildSaPath})
+      if (sd_bus_add_object_vtable(bus_.get(), nullptr, path, "org.tapsec1.Association", association_vtable, this) < 0)
+        return false;
+  }
   if (sd_bus_add_object_manager(bus_.get(), nullptr, "/org/tapsec1") < 0) return false;
   if (sd_bus_request_name(bus_.get(), "org.tapsec1", 0) < 0) return false;
   thread_ = std::thread([this] { serve(); });

@@ -17,8 +17,12 @@ namespace tapsec::testing {
 class FakeAgent {
  public:
   static constexpr const char* kAssociationPath = "/org/tapsec1/association/1";
+  // With tunnels: an IKE SA (2) of the tunnel "branch" and its Child SA (3).
+  static constexpr const char* kIkeSaPath = "/org/tapsec1/association/2";
+  static constexpr const char* kChildSaPath = "/org/tapsec1/association/3";
 
-  explicit FakeAgent(std::string address) : address_(std::move(address)) {}
+  explicit FakeAgent(std::string address, bool with_tunnels = false)
+      : address_(std::move(address)), with_tunnels_(with_tunnels) {}
   ~FakeAgent() { stop(); }
 
   // Connects, takes the name org.tapsec1 and serves in a thread.
@@ -39,6 +43,9 @@ class FakeAgent {
     std::string validator_reason;
   };
   Request last_request();
+  // What the last EstablishTunnel call carried (method "EstablishTunnel",
+  // host = the peer argument).
+  Request last_tunnel_request();
   std::vector<std::string> association_calls();  // "UpdateKeys(true)", "Terminate()", ...
 
   // Bytes the fake derives for ExportKeyingMaterial(label, context, length).
@@ -54,11 +61,15 @@ class FakeAgent {
   static int on_update_keys(sd_bus_message* m, void* userdata, sd_bus_error* error);
   static int on_export(sd_bus_message* m, void* userdata, sd_bus_error* error);
   static int on_terminate(sd_bus_message* m, void* userdata, sd_bus_error* error);
+  static int on_establish_tunnel(sd_bus_message* m, void* userdata, sd_bus_error* error);
+  static int on_list_tunnels(sd_bus_message* m, void* userdata, sd_bus_error* error);
   static int get_property(sd_bus* bus, const char* path, const char* interface, const char* property,
                           sd_bus_message* reply, void* userdata, sd_bus_error* error);
   int finish_request(sd_bus_message* m, Request& request, int fd, sd_bus_error* error);
 
   std::string address_;
+  bool with_tunnels_ = false;
+  Request last_tunnel_request_;
   ctl::BusPtr bus_;
   std::thread thread_;
   std::atomic<bool> stopping_{false};

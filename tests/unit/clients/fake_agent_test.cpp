@@ -58,12 +58,15 @@ class ClientsAgainstFake : public ::testing::Test {
   }
   void SetUp() override {
     if (g_bus->address().empty()) GTEST_SKIP() << "no private dbus-daemon: " << g_bus->why();
-    agent_ = std::make_unique<FakeAgent>(g_bus->address());
+    agent_ = std::make_unique<FakeAgent>(g_bus->address(), with_tunnels());
     ASSERT_TRUE(agent_->start());
     int r = 0;
     client_.reset(tapsec_open(g_bus->address().c_str(), &r));
     ASSERT_TRUE(client_) << strerror(-r);
   }
+
+  // Whether the fake also serves an IKE SA and a Child SA.
+  virtual bool with_tunnels() const { return false; }
 
   struct CtlOutcome {
     int exit_code;
@@ -297,12 +300,14 @@ TEST_F(ClientsAgainstFake, CtlStatus) {
   EXPECT_NE(o.out.find("ktls ktls-rekey"), std::string::npos) << o.out;
   EXPECT_NE(o.out.find("Associations: 1"), std::string::npos) << o.out;
   EXPECT_NE(o.out.find("7 of 1024"), std::string::npos) << o.out;
+  EXPECT_NE(o.out.find("Statistics: ike-dropped-malformed=3 ike-received=12"), std::string::npos) << o.out;
 
   o = tapsecctl({"status", "--json"});
   EXPECT_EQ(o.exit_code, 0) << o.err;
   EXPECT_EQ(o.out,
             "{\"version\":\"0.1.0-fake\",\"kernel_features\":[\"ktls\",\"ktls-rekey\"],\"associations\":1,"
-            "\"session_cache\":{\"entries\":7,\"capacity\":1024}}\n");
+            "\"session_cache\":{\"entries\":7,\"capacity\":1024},"
+            "\"statistics\":{\"ike-dropped-malformed\":3,\"ike-received\":12}}\n");
 }
 
 TEST_F(ClientsAgainstFake, CtlAssociations) {
@@ -319,7 +324,13 @@ TEST_F(ClientsAgainstFake, CtlAssociations) {
             "{\"associations\":[{\"id\":\"1\",\"path\":\"/org/tapsec1/association/1\",\"protocol\":\"tls\","
             "\"version\":\"TLSv1.3\",\"cipher\":\"TLS_AES_128_GCM_SHA256\",\"offload\":\"kernel\","
             "\"peer_address\":\"192.0.2.2:443\",\"peer_identity\":\"CN=example.com \\\"quoted\\\"\","
-            "\"state\":\"established\",\"bytes_sent\":123456,\"bytes_received\":789}]}\n");
+            "\"state\":\"established\",\"bytes_sent\":123456,\"bytes_received\":789,\"key_epoch\":0,"
+            "\"group\":\"X25519\",\"local_address\":\"192.0.2.1:40000\",\"local_identity\":\"\",\"expires_at\":0,"
+            "\"created_at\":1700000000000000,\"parent\":0,\"tunnel_name\":\"\",\"mode\":\"\",\"local_ts\":[],"
+            "\"remote_ts\":[],\"inbound_spi\":\"\",\"outbound_spi\":\"\",\"encapsulation\":\"\",\"packets_sent\":0,"
+            "\"packets_received\":0}]}\n");
+  // Without tunnels the table has no tunnel columns.
+  EXPECT_EQ(tapsecctl({"associations"}).out.find("PARENT"), std::string::npos);
 }
 
 TEST_F(ClientsAgainstFake, CtlShow) {
@@ -415,6 +426,164 @@ TEST_F(ClientsAgainstFake, CtlMonitorPrintsEventsUntilSigint) {
             std::string::npos)
       << line;
   EXPECT_EQ(line.back(), '}') << line;
+}
+
+}  // namespace
+
+// tapsecctl's tunnel commands and the IPsec association properties, against
+// the fake serving a TLS association (1), an IKE SA (2) and its Child SA (3).
+namespace {
+
+class TunnelsAgainstFake : public ClientsAgainstFake {
+ protected:
+  bool with_tunnels() const override { return true; }
+};
+
+const tapsec::ctl::Value* prop(const FakeAgent::Request& request, const std::string& key) {
+  return tapsec::ctl::find_property(request.props, key);
+}
+
+TEST_F(TunnelsAgainstFake, TunnelUpSendsOnlyTheGivenProps) {
+  auto o = tapsecctl({"tunnel", "up", "branch"});
+  EXPECT_EQ(o.exit_code, 0) << o.err;
+  EXPECT_EQ(o.out, "Tunnel branch is up: IKE SA 2 (/org/tapsec1/association/2)\n");
+  auto request = agent_->last_tunnel_request();
+  EXPECT_EQ(request.method, "EstablishTunnel");
+  EXPECT_EQ(request.signature, "sa{sv}");
+  EXPECT_EQ(request.host, "branch");
+  EXPECT_TRUE(request.props.empty());
+
+  o = tapsecctl({"tunnel", "up", "192.0.2.9", "--psk", "link", "--local-id", "gw-a", "--remote-id", "CN=gw b",
+                 "--local-ts", "10.1.0.0/24", "--local-ts", "10.4.0.0/24,10.5.0.0/24", "--remote-ts",
+                 "10.2.0.0/24[tcp/443]", "--mode", "transport", "--ike-proposal", "aes256gcm16-prfsha384-x25519",
+                 "--esp-proposal", "aes256gcm16", "--esp-proposal", "aes128gcm16-esn", "--timeout-ms", "5000",
+                 "--json"});
+  EXPECT_EQ(o.exit_code, 0) << o.err;
+  EXPECT_EQ(o.out, "{\"peer\":\"192.0.2.9\",\"id\":\"2\",\"path\":\"/org/tapsec1/association/2\"}\n");
+  request = agent_->last_tunnel_request();
+  EXPECT_EQ(request.host, "192.0.2.9");
+  std::vector<std::string> keys;
+  for (const auto& [key, value] : request.props) keys.push_back(key);
+  EXPECT_EQ(keys, (std::vector<std::string>{"psk", "local-id", "remote-id", "local-ts", "remote-ts", "mode",
+                                            "algorithms", "timeout-ms"}));
+  EXPECT_EQ(prop(request, "psk")->text, "link");
+  EXPECT_EQ(prop(request, "remote-id")->text, "CN=gw b");
+  ASSERT_EQ(prop(request, "local-ts")->kind, tapsec::ctl::Value::Kind::Array);
+  EXPECT_EQ(tapsec::ctl::value_to_text(*prop(request, "local-ts")), "10.1.0.0/24, 10.4.0.0/24, 10.5.0.0/24");
+  EXPECT_EQ(tapsec::ctl::value_to_text(*prop(request, "remote-ts")), "10.2.0.0/24[tcp/443]");
+  EXPECT_EQ(prop(request, "mode")->text, "transport");
+  const auto* algorithms = prop(request, "algorithms");
+  ASSERT_EQ(algorithms->kind, tapsec::ctl::Value::Kind::Dict);
+  ASSERT_EQ(algorithms->entries.size(), 2u);
+  EXPECT_EQ(algorithms->entries[0].first, "ike");
+  EXPECT_EQ(tapsec::ctl::value_to_text(algorithms->entries[0].second), "aes256gcm16-prfsha384-x25519");
+  EXPECT_EQ(algorithms->entries[1].first, "esp");
+  EXPECT_EQ(tapsec::ctl::value_to_text(algorithms->entries[1].second), "aes256gcm16, aes128gcm16-esn");
+  ASSERT_EQ(prop(request, "timeout-ms")->kind, tapsec::ctl::Value::Kind::Unsigned);
+  EXPECT_EQ(prop(request, "timeout-ms")->unsigned_number, 5000u);
+}
+
+TEST_F(TunnelsAgainstFake, TunnelUpReportsTheAgentsError) {
+  auto o = tapsecctl({"tunnel", "up", "refused", "--json"});
+  EXPECT_EQ(o.exit_code, 1);
+  EXPECT_EQ(o.err, "tapsecctl: establishing tunnel refused: the peer answered IKE_AUTH with AUTHENTICATION_FAILED\n");
+  EXPECT_EQ(o.out,
+            "{\"error\":{\"name\":\"org.tapsec1.Error.HandshakeFailed\",\"message\":\"establishing tunnel refused: the "
+            "peer answered IKE_AUTH with AUTHENTICATION_FAILED\"}}\n");
+}
+
+TEST_F(TunnelsAgainstFake, Tunnels) {
+  auto o = tapsecctl({"tunnels"});
+  EXPECT_EQ(o.exit_code, 0) << o.err;
+  EXPECT_EQ(o.out,
+            "NAME     PROTOCOL  PEER                 START  STATE  IKE SA\n"
+            "branch   ikev2     198.51.100.7         trap   up     2\n"
+            "partner  ikev2     vpn.partner.example  none   down   -\n"
+            "\n2 tunnels listed.\n");
+  o = tapsecctl({"tunnels", "--json"});
+  EXPECT_EQ(o.exit_code, 0) << o.err;
+  EXPECT_EQ(o.out,
+            "{\"tunnels\":[{\"name\":\"branch\",\"protocol\":\"ikev2\",\"peer\":\"198.51.100.7\",\"start\":\"trap\","
+            "\"state\":\"up\",\"association\":2,\"path\":\"/org/tapsec1/association/2\"},{\"name\":\"partner\","
+            "\"protocol\":\"ikev2\",\"peer\":\"vpn.partner.example\",\"start\":\"none\",\"state\":\"down\","
+            "\"association\":0,\"path\":\"/\"}]}\n");
+}
+
+TEST_F(TunnelsAgainstFake, AssociationsShowTheTunnelColumnsAndKeys) {
+  auto o = tapsecctl({"associations"});
+  EXPECT_EQ(o.exit_code, 0) << o.err;
+  EXPECT_NE(o.out.find("SENT/RECEIVED  PARENT  TUNNEL\n"), std::string::npos) << o.out;
+  EXPECT_NE(o.out.find("3   esp "), std::string::npos) << o.out;
+  EXPECT_NE(o.out.find("  2       branch\n"), std::string::npos) << o.out;
+  EXPECT_NE(o.out.find("3 associations listed."), std::string::npos) << o.out;
+
+  o = tapsecctl({"associations", "--json"});
+  EXPECT_EQ(o.exit_code, 0) << o.err;
+  // In id order, whatever order the agent listed them in.
+  const auto first = o.out.find("\"id\":\"1\""), second = o.out.find("\"id\":\"2\""), third = o.out.find("\"id\":\"3\"");
+  ASSERT_NE(third, std::string::npos) << o.out;
+  EXPECT_LT(first, second);
+  EXPECT_LT(second, third);
+  const std::string child = o.out.substr(third);
+  for (const char* expected :
+       {"\"protocol\":\"esp\"", "\"state\":\"established\"", "\"peer_identity\":\"gw-b.example.com\"",
+        "\"bytes_sent\":840000", "\"bytes_received\":910000", "\"key_epoch\":1", "\"parent\":2",
+        "\"tunnel_name\":\"branch\"", "\"mode\":\"tunnel\"", "\"local_ts\":[\"10.1.0.0/24\"]",
+        "\"remote_ts\":[\"10.2.0.0/24\",\"10.3.0.0/16[tcp/443]\"]", "\"inbound_spi\":\"0xc2a3e1f0\"",
+        "\"outbound_spi\":\"0x0a1b2c3d\"", "\"encapsulation\":\"udp\"", "\"packets_sent\":700",
+        "\"packets_received\":650"})
+    EXPECT_NE(child.find(expected), std::string::npos) << expected << " in " << child;
+  EXPECT_NE(o.out.find("\"inbound_spi\":\"0x8a7f3e21c4d5b6a7\""), std::string::npos) << o.out;
+}
+
+TEST_F(TunnelsAgainstFake, ShowNamesTheParent) {
+  auto o = tapsecctl({"show", "3"});
+  EXPECT_EQ(o.exit_code, 0) << o.err;
+  EXPECT_NE(o.out.find("  Parent: 2 (/org/tapsec1/association/2)\n"), std::string::npos) << o.out;
+  EXPECT_NE(o.out.find("RemoteTrafficSelectors: 10.2.0.0/24, 10.3.0.0/16[tcp/443]\n"), std::string::npos) << o.out;
+  o = tapsecctl({"show", "2"});
+  EXPECT_NE(o.out.find("  Parent: none\n"), std::string::npos) << o.out;
+  o = tapsecctl({"show", "3", "--json"});
+  EXPECT_EQ(o.exit_code, 0) << o.err;
+  EXPECT_NE(o.out.find("\"parent\":2,\"tunnel_name\":\"branch\""), std::string::npos) << o.out;
+  EXPECT_NE(o.out.find("\"properties\":{"), std::string::npos) << o.out;
+  EXPECT_NE(o.out.find("\"Parent\":\"/org/tapsec1/association/2\""), std::string::npos) << o.out;
+}
+
+TEST_F(TunnelsAgainstFake, SasIsATreeOfIkeSasAndTheirChildren) {
+  auto o = tapsecctl({"sas"});
+  EXPECT_EQ(o.exit_code, 0) << o.err;
+  EXPECT_EQ(o.out,
+            "branch: #2, established, IKEv2, SPIs ours 0x8a7f3e21c4d5b6a7 peer's 0x1c2d3e4f5a6b7c8d\n"
+            "  local  'gw-a.example.com' @ 192.0.2.1:4500\n"
+            "  remote 'gw-b.example.com' @ 198.51.100.7:4500 (udp encapsulation)\n"
+            "  AES_GCM_16_256/PRF_HMAC_SHA2_384/CURVE_25519\n"
+            "  created 2023-11-14T22:13:20Z, key epoch 0, expires 2023-11-15T02:13:20Z\n"
+            "  branch: #3, established, ESP tunnel in udp, SPIs 0xc2a3e1f0_i 0x0a1b2c3d_o\n"
+            "    AES_GCM_16_256\n"
+            "    in  0xc2a3e1f0, 910000 bytes, 650 packets\n"
+            "    out 0x0a1b2c3d, 840000 bytes, 700 packets\n"
+            "    local  10.1.0.0/24\n"
+            "    remote 10.2.0.0/24 10.3.0.0/16[tcp/443]\n"
+            "    key epoch 1, expires 2023-11-14T23:13:20Z\n");
+
+  o = tapsecctl({"sas", "--json"});
+  EXPECT_EQ(o.exit_code, 0) << o.err;
+  ASSERT_EQ(o.out.rfind("[{\"id\":\"2\",", 0), 0u) << o.out;
+  const auto children = o.out.find("\"children\":[{\"id\":\"3\",");
+  ASSERT_NE(children, std::string::npos) << o.out;
+  EXPECT_NE(o.out.find("\"protocol\":\"ikev2\""), std::string::npos);
+  EXPECT_NE(o.out.find("\"parent\":2", children), std::string::npos);
+  EXPECT_EQ(o.out.substr(o.out.size() - 6), "0}]}]\n") << o.out;
+  // The TLS association is not an SA.
+  EXPECT_EQ(o.out.find("\"id\":\"1\""), std::string::npos) << o.out;
+}
+
+TEST_F(ClientsAgainstFake, SasWithoutTunnels) {
+  auto o = tapsecctl({"sas"});
+  EXPECT_EQ(o.exit_code, 0) << o.err;
+  EXPECT_EQ(o.out, "No IKE SAs.\n");
+  EXPECT_EQ(tapsecctl({"sas", "--json"}).out, "[]\n");
 }
 
 }  // namespace

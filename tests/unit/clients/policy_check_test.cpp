@@ -1,5 +1,6 @@
 // `tapsecctl policy check` on temporary policy directories.
 #include <stdlib.h>
+#include <sys/stat.h>
 
 #include <filesystem>
 #include <fstream>
@@ -102,6 +103,77 @@ TEST(PolicyCheck, BrokenPolicyExitsTwoWithTheLocation) {
 TEST(PolicyCheck, MissingDirectoryIsAnEmptyPolicyThatDenies) {
   auto o = check("/nonexistent/tapsec/policy.d", {"--uid", "0", "--port", "443"});
   EXPECT_EQ(o.exit_code, kExitFailure) << o.out << o.err;
+}
+
+constexpr const char* kTunnelPolicy =
+    "[PSK link]\n"
+    "Key=hex:000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f\n"
+    "[Tunnel]\n"
+    "Name=branch\n"
+    "Peer=198.51.100.7\n"
+    "PSK=link\n"
+    "Port=4500\n"
+    "[Rule branch-for-root]\n"
+    "MatchUser=root\n"
+    "MatchTunnel=branch\n"
+    "MatchAddress=198.51.100.0/24\n"
+    "MatchPort=4500\n"
+    "Protocols=ikev2\n"
+    "PSKs=link\n"
+    "Action=allow\n";
+
+Outcome check_tunnel(const std::string& dir, std::vector<std::string> extra) {
+  std::vector<std::string> args = {"policy", "check", "--dir", dir};
+  args.insert(args.end(), extra.begin(), extra.end());
+  auto parsed = parse_arguments(args);
+  EXPECT_TRUE(parsed.invocation) << parsed.error;
+  if (!parsed.invocation) return {-1, "", ""};
+  std::ostringstream out, err;
+  int code = run(*parsed.invocation, out, err);
+  return {code, out.str(), err.str()};
+}
+
+TEST(PolicyCheck, TunnelRequestTakesItsPeerPortProtocolAndPsk) {
+  PolicyDir dir;
+  dir.write("50-tunnel.policy", kTunnelPolicy);
+  ::chmod((dir.path() + "/50-tunnel.policy").c_str(), 0600);  // it holds Key=
+  auto o = check_tunnel(dir.path(), {"--uid", "0", "--tunnel", "branch"});
+  EXPECT_EQ(o.exit_code, kExitSuccess) << o.out << o.err;
+  EXPECT_EQ(o.out.rfind("Tunnel: branch (" + dir.path() + "/50-tunnel.policy:3): ikev2 to 198.51.100.7 port 4500\n", 0),
+            0u)
+      << o.out;
+  EXPECT_NE(o.out.find("Decision: allowed"), std::string::npos) << o.out;
+  EXPECT_NE(o.out.find("PSK: link"), std::string::npos) << o.out;
+
+  o = check_tunnel(dir.path(), {"--uid", "0", "--tunnel", "branch", "--json"});
+  EXPECT_EQ(o.exit_code, kExitSuccess) << o.out << o.err;
+  EXPECT_EQ(o.out.rfind("{\"allowed\":true,\"rule\":\"branch-for-root\",\"rule_location\":", 0), 0u) << o.out;
+  EXPECT_NE(o.out.find("\"protocols\":[\"ikev2\"]"), std::string::npos) << o.out;
+  EXPECT_NE(o.out.find(",\"tunnel\":\"branch\"}\n"), std::string::npos) << o.out;
+
+  // Another user, or the same request without the tunnel, is denied.
+  o = check_tunnel(dir.path(), {"--uid", "65534", "--tunnel", "branch"});
+  EXPECT_EQ(o.exit_code, kExitFailure) << o.out << o.err;
+  EXPECT_NE(o.out.find("tunnel branch"), std::string::npos) << o.out;
+  o = check_tunnel(dir.path(), {"--uid", "0", "--role", "client", "--host", "198.51.100.7", "--port", "4500",
+                                "--protocols", "ikev2", "--psk", "link"});
+  EXPECT_EQ(o.exit_code, kExitFailure) << o.out << o.err;
+  EXPECT_NE(o.out.find("MatchTunnel branch does not match (the request is not for a tunnel)"), std::string::npos)
+      << o.out;
+  // Options override what the tunnel supplies.
+  o = check_tunnel(dir.path(), {"--uid", "0", "--tunnel", "branch", "--port", "500"});
+  EXPECT_EQ(o.exit_code, kExitFailure) << o.out << o.err;
+}
+
+TEST(PolicyCheck, UnknownTunnelExitsTwo) {
+  PolicyDir dir;
+  dir.write("50-tunnel.policy", kTunnelPolicy);
+  ::chmod((dir.path() + "/50-tunnel.policy").c_str(), 0600);
+  auto o = check_tunnel(dir.path(), {"--uid", "0", "--tunnel", "nope"});
+  EXPECT_EQ(o.exit_code, kExitUsage) << o.out << o.err;
+  EXPECT_NE(o.err.find("defines no tunnel 'nope' (defined: branch)"), std::string::npos) << o.err;
+  o = check_tunnel(dir.path(), {"--uid", "0", "--tunnel", "nope", "--json"});
+  EXPECT_EQ(o.out.rfind("{\"error\":{\"name\":\"no-such-tunnel\",", 0), 0u) << o.out;
 }
 
 #else

@@ -1,0 +1,212 @@
+#include "agent/kernel/xfrm_channel.h"
+
+#include <linux/netlink.h>
+#include <netlink/attr.h>
+#include <netlink/errno.h>
+#include <openssl/crypto.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+
+#include <cerrno>
+#include <cstring>
+#include <random>
+
+namespace tapsec::kernel::xfrm::detail {
+namespace {
+
+// Requests per sendmsg and bytes per batch: the kernel handles a whole batch
+// within one send, so the acknowledgements of one batch arrive together.
+constexpr std::size_t kBatchMessages = 64;
+constexpr std::size_t kBatchBytes = 64 * 1024;
+constexpr std::size_t kReceiveBytes = 64 * 1024;
+// Each queued acknowledgement costs about a kilobyte of receive buffer; the
+// window of unacknowledged requests keeps the buffer from overflowing.
+constexpr int kLargeReceiveBuffer = 8 * 1024 * 1024;
+constexpr std::size_t kLargeWindow = 2048;
+constexpr std::size_t kSmallWindow = 64;
+constexpr int kAcknowledgementTimeoutSeconds = 10;
+
+std::string kernel_text(const nlmsghdr* header) {
+  if (!(header->nlmsg_flags & NLM_F_ACK_TLVS)) return {};
+  const auto* error = static_cast<const nlmsgerr*>(NLMSG_DATA(header));
+  std::size_t offset = sizeof(nlmsgerr);
+  if (!(header->nlmsg_flags & NLM_F_CAPPED)) offset += error->msg.nlmsg_len - NLMSG_HDRLEN;
+  offset = NLMSG_ALIGN(offset);
+  const std::size_t payload = header->nlmsg_len - NLMSG_HDRLEN;
+  if (offset >= payload) return {};
+  nlattr* attributes[NLMSGERR_ATTR_MAX + 1] = {};
+  auto* first = reinterpret_cast<nlattr*>(const_cast<std::uint8_t*>(static_cast<const std::uint8_t*>(NLMSG_DATA(header))) + offset);
+  if (nla_parse(attributes, NLMSGERR_ATTR_MAX, first, static_cast<int>(payload - offset), nullptr) < 0) return {};
+  const nlattr* text = attributes[NLMSGERR_ATTR_MSG];
+  if (!text || nla_len(text) <= 0) return {};
+  const char* characters = static_cast<const char*>(nla_data(text));
+  return std::string(characters, ::strnlen(characters, static_cast<std::size_t>(nla_len(text))));
+}
+
+}  // namespace
+
+Result<NlSockPtr> open_xfrm_socket(const std::vector<int>& groups) {
+  using R = Result<NlSockPtr>;
+  NlSockPtr socket(nl_socket_alloc());
+  if (!socket) return R::failure("open XFRM netlink socket: out of memory", ENOMEM);
+  // Sequence numbers are matched here, not by libnl.
+  nl_socket_disable_seq_check(socket.get());
+  errno = 0;
+  if (const int status = nl_connect(socket.get(), NETLINK_XFRM); status < 0) {
+    const int error_number = errno ? errno : EPROTONOSUPPORT;
+    return R::failure("open XFRM netlink socket: " + std::string(nl_geterror(status)) + ": " +
+                          describe_errno(error_number) +
+                          (error_number == EPROTONOSUPPORT ? " (kernel lacks XFRM netlink: load module xfrm_user)" : ""),
+                      error_number);
+  }
+  for (int group : groups) {
+    if (const int status = nl_socket_add_membership(socket.get(), group); status < 0) {
+      const int error_number = errno ? errno : EINVAL;
+      return R::failure("join XFRM multicast group " + std::to_string(group) + ": " + nl_geterror(status),
+                        error_number);
+    }
+  }
+  const int fd = nl_socket_get_fd(socket.get());
+  const int on = 1;
+  // Acknowledgements of failed requests would otherwise echo the request,
+  // keys included; extended ACKs carry the kernel's reason in words.
+  ::setsockopt(fd, SOL_NETLINK, NETLINK_CAP_ACK, &on, sizeof on);
+  ::setsockopt(fd, SOL_NETLINK, NETLINK_EXT_ACK, &on, sizeof on);
+  return R::success(std::move(socket));
+}
+
+XfrmChannel::XfrmChannel(NlSockPtr socket)
+    : socket_(std::move(socket)), batch_(kBatchBytes), received_(kReceiveBytes) {}
+
+Result<XfrmChannel> XfrmChannel::open() {
+  auto socket = open_xfrm_socket({});
+  if (!socket) return Result<XfrmChannel>::failure(socket.error(), socket.error_number());
+  const int fd = nl_socket_get_fd(socket.value().get());
+  XfrmChannel channel(std::move(socket.value()));
+  const int size = kLargeReceiveBuffer;
+  channel.window_ =
+      ::setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &size, sizeof size) == 0 ? kLargeWindow : kSmallWindow;
+  timeval timeout{kAcknowledgementTimeoutSeconds, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
+  // Start somewhere unpredictable so stale answers of an earlier socket
+  // user never match.
+  channel.next_sequence_ = std::random_device{}();
+  return Result<XfrmChannel>::success(std::move(channel));
+}
+
+Result<std::vector<Outcome>> XfrmChannel::exchange(std::size_t count, const Builder& build) {
+  using R = Result<std::vector<Outcome>>;
+  const int fd = nl_socket_get_fd(socket_.get());
+  std::vector<Outcome> outcomes(count);
+  std::vector<bool> awaiting(count, false);
+  std::size_t outstanding = 0;
+  const std::uint32_t first_sequence = next_sequence_;
+  next_sequence_ += static_cast<std::uint32_t>(count);
+
+  WipedBytes& batch = batch_;
+  WipedBytes& received = received_;
+  std::size_t batch_used = 0, batch_messages = 0;
+
+  auto flush = [&]() -> Result<Unit> {
+    if (batch_used == 0) return Result<Unit>::success({});
+    const ssize_t sent = ::send(fd, batch.data(), batch_used, 0);
+    const int error_number = errno;
+    OPENSSL_cleanse(batch.data(), batch_used);
+    batch_used = batch_messages = 0;
+    if (sent < 0) {
+      return Result<Unit>::failure("send XFRM netlink requests: " + describe_errno(error_number), error_number);
+    }
+    return Result<Unit>::success({});
+  };
+
+  auto receive = [&]() -> Result<Unit> {
+    const ssize_t length = ::recv(fd, received.data(), received.size(), MSG_TRUNC);
+    if (length < 0) {
+      const int error_number = errno;
+      if (error_number == EAGAIN || error_number == EWOULDBLOCK) {
+        return Result<Unit>::failure("no XFRM netlink acknowledgement within " +
+                                         std::to_string(kAcknowledgementTimeoutSeconds) + " s",
+                                     ETIMEDOUT);
+      }
+      if (error_number == EINTR) return Result<Unit>::success({});
+      return Result<Unit>::failure(
+          explain_failure("receive XFRM netlink acknowledgements", Subject::Query, error_number, {}), error_number);
+    }
+    if (static_cast<std::size_t>(length) > received.size()) {
+      OPENSSL_cleanse(received.data(), received.size());
+      return Result<Unit>::failure("XFRM netlink answer larger than " + std::to_string(received.size()) + " bytes",
+                                   EMSGSIZE);
+    }
+    int remaining = static_cast<int>(length);
+    for (auto* header = reinterpret_cast<nlmsghdr*>(received.data()); NLMSG_OK(header, remaining);
+         header = NLMSG_NEXT(header, remaining)) {
+      const std::size_t index = header->nlmsg_seq - first_sequence;
+      if (index >= count || !awaiting[index]) continue;  // a stale answer to someone else's request
+      Outcome& outcome = outcomes[index];
+      if (header->nlmsg_type == NLMSG_ERROR) {
+        if (header->nlmsg_len < NLMSG_LENGTH(sizeof(nlmsgerr))) {
+          outcome.error_number = EPROTO;
+        } else {
+          outcome.error_number = -static_cast<const nlmsgerr*>(NLMSG_DATA(header))->error;
+          outcome.kernel_message = kernel_text(header);
+        }
+        awaiting[index] = false;
+        --outstanding;
+      } else if (header->nlmsg_type != NLMSG_DONE && header->nlmsg_type != NLMSG_NOOP) {
+        outcome.reply = WipedBytes(header, header->nlmsg_len);
+      }
+    }
+    OPENSSL_cleanse(received.data(), static_cast<std::size_t>(length));
+    return Result<Unit>::success({});
+  };
+
+  auto wait_until = [&](std::size_t limit) -> Result<Unit> {
+    while (outstanding > limit) {
+      if (auto status = receive(); !status) return status;
+    }
+    return Result<Unit>::success({});
+  };
+
+  for (std::size_t index = 0; index < count; ++index) {
+    auto request = build(index);
+    if (!request) {
+      outcomes[index].local_failure = request.error();
+      outcomes[index].error_number = request.error_number() ? request.error_number() : EINVAL;
+      continue;
+    }
+    nlmsghdr* header = nlmsg_hdr(request.value().get());
+    header->nlmsg_seq = first_sequence + static_cast<std::uint32_t>(index);
+    header->nlmsg_pid = 0;
+    header->nlmsg_flags |= NLM_F_REQUEST | NLM_F_ACK;
+    const std::size_t aligned = NLMSG_ALIGN(header->nlmsg_len);
+    if (aligned > batch.size()) {
+      outcomes[index].local_failure = "request too large for one netlink message";
+      outcomes[index].error_number = EMSGSIZE;
+      continue;
+    }
+    if (batch_used + aligned > batch.size() || batch_messages == kBatchMessages) {
+      if (auto status = flush(); !status) return R::failure(status.error(), status.error_number());
+    }
+    std::memcpy(batch.data() + batch_used, header, header->nlmsg_len);
+    std::memset(batch.data() + batch_used + header->nlmsg_len, 0, aligned - header->nlmsg_len);
+    batch_used += aligned;
+    ++batch_messages;
+    awaiting[index] = true;
+    ++outstanding;
+    if (outstanding >= window_) {
+      if (auto status = flush(); !status) return R::failure(status.error(), status.error_number());
+      if (auto status = wait_until(window_ / 2); !status) return R::failure(status.error(), status.error_number());
+    }
+  }
+  if (auto status = flush(); !status) return R::failure(status.error(), status.error_number());
+  if (auto status = wait_until(0); !status) return R::failure(status.error(), status.error_number());
+  return R::success(std::move(outcomes));
+}
+
+Result<Outcome> XfrmChannel::exchange_one(NlMsgPtr request) {
+  auto outcomes = exchange(1, [&request](std::size_t) { return Result<NlMsgPtr>::success(std::move(request)); });
+  if (!outcomes) return Result<Outcome>::failure(outcomes.error(), outcomes.error_number());
+  return Result<Outcome>::success(std::move(outcomes.value().front()));
+}
+
+}  // namespace tapsec::kernel::xfrm::detail

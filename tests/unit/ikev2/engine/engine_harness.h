@@ -1,0 +1,230 @@
+// Two IkeEngines joined by a little in-memory network with a fake clock:
+// SendDatagram events travel between them (FIFO), optionally through a
+// NAT in front of "a", a drop filter, and a recorder of everything else.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "agent/engines/ikev2/ike_engine.h"
+
+namespace tapsec::ikev2::test {
+
+inline IpAddress ip(const char* text) { return *IpAddress::parse(text); }
+inline TrafficSelector ts(const char* text) { return *TrafficSelector::parse(text); }
+inline Identification id(const char* text) { return *Identification::parse(text); }
+inline Proposal proposal(const char* text, ProtocolId protocol) {
+  return std::get<Proposal>(parse_proposal(text, protocol));
+}
+
+class FixedSelector : public ConfigSelector {
+ public:
+  std::shared_ptr<const IkeConfig> config;
+  int init_calls = 0, auth_calls = 0;
+  std::shared_ptr<const IkeConfig> select(const Endpoint&, const Endpoint&, const Identification* peer_id) override {
+    ++(peer_id ? auth_calls : init_calls);
+    return config;
+  }
+};
+
+struct Node {
+  std::string name;
+  IpAddress address;
+  std::shared_ptr<FixedSelector> selector = std::make_shared<FixedSelector>();
+  std::uint32_t next_spi = 0;
+  bool spis_exhausted = false;
+  std::unique_ptr<IkeEngine> engine;
+  std::vector<Event> events;  // everything but SendDatagram, in order
+  std::vector<SendDatagram> sent;
+
+  void create(IkeEngine::Options options = {}) {
+    options.selector = selector;
+    options.allocate_spi = [this](const Endpoint&, const Endpoint&) -> std::optional<std::uint32_t> {
+      if (spis_exhausted) return std::nullopt;
+      return next_spi++;
+    };
+    engine = std::make_unique<IkeEngine>(std::move(options));
+  }
+  Endpoint endpoint(std::uint16_t port = 500) const { return Endpoint{address, port}; }
+
+  template <typename T>
+  std::vector<T> all() const {
+    std::vector<T> out;
+    for (const Event& e : events)
+      if (const T* t = std::get_if<T>(&e)) out.push_back(*t);
+    return out;
+  }
+  template <typename T>
+  std::size_t count() const {
+    return all<T>().size();
+  }
+  // The SA pairs installed now: installs minus removes, by inbound SPI.
+  std::map<std::uint32_t, ChildSaInstall> installed() const {
+    std::map<std::uint32_t, ChildSaInstall> out;
+    for (const Event& e : events) {
+      if (const auto* install = std::get_if<ChildSaInstall>(&e)) out[install->inbound_spi] = *install;
+      if (const auto* remove = std::get_if<ChildSaRemove>(&e)) out.erase(remove->inbound_spi);
+    }
+    return out;
+  }
+  std::vector<std::string> down_reasons() const {
+    std::vector<std::string> out;
+    for (const auto& down : all<IkeSaDown>()) out.push_back(down.reason);
+    return out;
+  }
+  void clear() {
+    events.clear();
+    sent.clear();
+  }
+};
+
+struct InFlight {
+  int from = 0;  // 0 = a, 1 = b
+  Endpoint source, destination;
+  Bytes data;
+};
+
+class Network {
+ public:
+  TimePoint now = TimePoint{} + std::chrono::hours(1000);
+  Node a, b;
+  std::deque<InFlight> wire;
+  // Returns true to lose the datagram.
+  std::function<bool(const InFlight&)> drop;
+  // Returns how many copies to deliver (duplication tests).
+  std::function<int(const InFlight&)> copies;
+  std::size_t delivered = 0;
+
+  // A NAT in front of "a": its sources become nat_public:<mapped port>.
+  bool nat = false;
+  IpAddress nat_public = ip("198.51.100.7");
+  std::uint16_t nat_next_port = 40000;
+  std::map<Endpoint, Endpoint> nat_out, nat_in;  // private -> public, public -> private
+
+  Network() {
+    a.name = "a";
+    a.address = ip("192.0.2.1");
+    a.next_spi = 0xa0000001;
+    b.name = "b";
+    b.address = ip("192.0.2.2");
+    b.next_spi = 0xb0000001;
+  }
+
+  Node& node(int index) { return index == 0 ? a : b; }
+
+  void collect() {
+    for (int i = 0; i < 2; ++i) {
+      Node& n = node(i);
+      if (!n.engine) continue;
+      for (Event& e : n.engine->take_events()) {
+        if (auto* send = std::get_if<SendDatagram>(&e)) {
+          n.sent.push_back(*send);
+          wire.push_back(InFlight{i, send->local, send->remote, send->data});
+        } else {
+          n.events.push_back(std::move(e));
+        }
+      }
+    }
+  }
+
+  // Delivers one datagram; false when the wire is empty.
+  bool step() {
+    collect();
+    if (wire.empty()) return false;
+    InFlight packet = std::move(wire.front());
+    wire.pop_front();
+    if (drop && drop(packet)) return true;
+    if (nat && packet.from == 0) {
+      auto it = nat_out.find(packet.source);
+      if (it == nat_out.end()) {
+        Endpoint mapped{nat_public, nat_next_port++};
+        it = nat_out.emplace(packet.source, mapped).first;
+        nat_in.emplace(mapped, packet.source);
+      }
+      packet.source = it->second;
+    }
+    int to;
+    if (packet.destination.address == b.address) {
+      to = 1;
+    } else if (packet.destination.address == a.address) {
+      to = 0;
+    } else if (nat && packet.destination.address == nat_public) {
+      auto it = nat_in.find(packet.destination);
+      if (it == nat_in.end()) return true;  // no mapping: the NAT drops it
+      packet.destination = it->second;
+      to = 0;
+    } else {
+      return true;  // nobody there
+    }
+    const int n = copies ? copies(packet) : 1;
+    for (int i = 0; i < n; ++i) {
+      node(to).engine->receive(packet.destination, packet.source, packet.data, now);
+      ++delivered;
+    }
+    return true;
+  }
+
+  void run(int limit = 100000) {
+    while (limit-- > 0 && step()) {
+    }
+    collect();
+  }
+
+  std::optional<TimePoint> next_deadline() const {
+    std::optional<TimePoint> out;
+    for (const Node* n : {&a, &b}) {
+      if (!n->engine) continue;
+      auto d = n->engine->next_deadline();
+      if (d && (!out || *d < *out)) out = d;
+    }
+    return out;
+  }
+
+  // Lets `span` of fake time pass, firing every timer on the way.
+  void elapse(std::chrono::milliseconds span) {
+    const TimePoint end = now + span;
+    for (int guard = 0; guard < 100000; ++guard) {
+      run();
+      auto deadline = next_deadline();
+      if (!deadline || *deadline > end) break;
+      now = std::max(now, *deadline);
+      for (Node* n : {&a, &b})
+        if (n->engine) n->engine->on_timer(now);
+    }
+    now = end;
+    for (Node* n : {&a, &b})
+      if (n->engine) n->engine->on_timer(now);
+    run();
+  }
+};
+
+// Keys and SPIs of the two ends' installed pairs mirror each other.
+inline void expect_mirrored(const Node& x, const Node& y) {
+  auto xs = x.installed(), ys = y.installed();
+  ASSERT_EQ(xs.size(), ys.size()) << x.name << " and " << y.name << " have different numbers of SA pairs";
+  for (const auto& [inbound, install] : xs) {
+    auto it = ys.find(install.outbound_spi);
+    ASSERT_NE(it, ys.end()) << "no pair on " << y.name << " with inbound SPI " << install.outbound_spi;
+    const ChildSaInstall& other = it->second;
+    EXPECT_EQ(other.outbound_spi, install.inbound_spi);
+    EXPECT_TRUE(other.inbound_encryption == install.outbound_encryption);
+    EXPECT_TRUE(other.inbound_integrity == install.outbound_integrity);
+    EXPECT_TRUE(other.outbound_encryption == install.inbound_encryption);
+    EXPECT_TRUE(other.outbound_integrity == install.inbound_integrity);
+    EXPECT_FALSE(install.inbound_encryption == install.outbound_encryption);
+    EXPECT_EQ(other.suite, install.suite);
+    EXPECT_EQ(other.local_ts, install.remote_ts);
+    EXPECT_EQ(other.remote_ts, install.local_ts);
+    EXPECT_EQ(other.mode, install.mode);
+    EXPECT_EQ(other.udp_encapsulation, install.udp_encapsulation);
+    EXPECT_EQ(install.inbound_encryption.size(), install.suite.encryption_key_size());
+  }
+}
+
+}  // namespace tapsec::ikev2::test

@@ -1,0 +1,232 @@
+# shellcheck shell=bash
+# Shared by the IKEv2 interoperability scenarios in this folder: tapsecd
+# hosts in the namespaces of ../lib/ipsec-hosts.sh, next to or instead of
+# charon (../lib/strongswan.sh). Sourced after both libraries.
+#
+#   ike_need_tapsec                  exit 77 unless tapsecd/tapsecctl with IKEv2 tunnels are built
+#   tapsec_start HOST DIR            private dbus-daemon + tapsecd in HOST's namespace
+#   tapsec_ctl HOST ARGS...          tapsecctl against HOST's agent
+#   tapsec_policy_tunnel DIR NAME key=value...   policy file with [Tunnel], [PSK] or identity, [Rule]
+#   tapsec_assocs HOST               associations, one line each (see below)
+#   tapsec_assoc_field HOST PROTOCOL FIELD [STATE]   a field of the newest matching association
+#   tapsec_wait_assoc HOST PROTOCOL STATE SECONDS
+#   ike_psk_hex                      the lab's pre-shared key, hex (32 bytes)
+
+IKE_BUILD=${TAPSEC_BUILD_DIR:-}
+TAPSECD=$IKE_BUILD/agent/tapsecd
+TAPSECCTL=$IKE_BUILD/dbus/tapsecctl/tapsecctl
+declare -A TAPSEC_DIR=()
+IKE_PSK_HEX=5f0a3c9e71d24b86a0e3f2c4d5b6a7980112233445566778899aabbccddeeff0
+
+ike_psk_hex() { echo "$IKE_PSK_HEX"; }
+
+ike_need_tapsec() {
+  [[ -x $TAPSECD && -x $TAPSECCTL ]] ||
+    { echo "SKIP: tapsecd or tapsecctl not built under '$IKE_BUILD'" >&2; exit 77; }
+  "$TAPSECCTL" --help 2>&1 | grep -q 'tunnel up' ||
+    { echo "SKIP: this tapsecctl has no 'tunnel up': tapsecd does not speak IKEv2 yet" >&2; exit 77; }
+  command -v python3 >/dev/null || { echo "SKIP: python3 is needed to read tapsecctl's JSON" >&2; exit 77; }
+}
+
+# tapsec_start HOST DIR: the agent reads DIR/policy.d; its bus is DIR/bus.
+tapsec_start() {
+  local host=$1 dir=$2 i
+  mkdir -p "$dir/policy.d"
+  chmod 700 "$dir/policy.d"
+  cat >"$dir/bus.conf" <<CONF
+<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>session</type>
+  <listen>unix:path=$dir/bus</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow send_destination="*"/>
+    <allow receive_sender="*"/>
+    <allow own="*"/>
+  </policy>
+</busconfig>
+CONF
+  dbus-daemon --config-file="$dir/bus.conf" --fork --print-pid >"$dir/bus.pid" || return 1
+  ipsec_on "$host" "$TAPSECD" --bus "unix:path=$dir/bus" --policy-dir "$dir/policy.d" --log-level debug \
+    2>"$dir/tapsecd.log" &
+  echo $! >"$dir/tapsecd.pid"
+  TAPSEC_DIR[$host]=$dir
+  ipsec_at_exit _tapsec_stop "$dir"
+  for i in $(seq 200); do
+    tapsec_ctl "$host" status >/dev/null 2>&1 && return 0
+    kill -0 "$(cat "$dir/tapsecd.pid")" 2>/dev/null ||
+      { echo "tapsecd on $host exited while starting:" >&2; tail -n 20 "$dir/tapsecd.log" >&2; return 1; }
+    sleep 0.1
+  done
+  echo "tapsecd on $host did not answer on its bus" >&2
+  return 1
+}
+
+_tapsec_stop() {
+  local dir=$1
+  [[ -f $dir/tapsecd.pid ]] && kill "$(cat "$dir/tapsecd.pid")" 2>/dev/null
+  [[ -f $dir/bus.pid ]] && kill "$(cat "$dir/bus.pid")" 2>/dev/null
+  return 0
+}
+
+# tapsec_alive HOST: the agent process still runs.
+tapsec_alive() { kill -0 "$(cat "${TAPSEC_DIR[$1]}/tapsecd.pid")" 2>/dev/null; }
+
+tapsec_ctl() {
+  local host=$1
+  shift
+  ipsec_on "$host" "$TAPSECCTL" --bus "unix:path=${TAPSEC_DIR[$host]}/bus" "$@"
+}
+
+# tapsec_policy_tunnel DIR NAME key=value...: DIR/policy.d/50-NAME.policy with
+# one [Tunnel] and the [Rule] allowing it. Keys are the [Tunnel] keys
+# (Peer=, LocalId=, RemoteId=, LocalTS=, ...); defaults: Protocol=ikev2,
+# Auth=psk with the lab PSK, Mode=tunnel, aes256gcm16-prfsha384-x25519 /
+# aes256gcm16, Start=none. Auth=certificate also needs
+#   cert=PEM key=PEM ca=PEM     written as [Identity NAME-id] and [TrustStore NAME-ca]
+swan_policy_order=(Name Protocol Peer LocalAddress Port LocalId RemoteId Auth PSK Identity TrustStore LocalTS
+                   RemoteTS Mode IKEProposals ESPProposals RekeyGroup Start RekeyTime LifeTime RekeyBytes
+                   LifeBytes IKERekeyTime DPD MOBIKE Fragmentation ForceEncapsulation ReplayWindow)
+tapsec_policy_tunnel() {
+  local dir=$1 name=$2
+  shift 2
+  local -A t=([Name]=$name [Protocol]=ikev2 [Auth]=psk [Mode]=tunnel
+              [IKEProposals]=aes256gcm16-prfsha384-x25519 [ESPProposals]=aes256gcm16 [Start]=none)
+  local kv cert="" key="" ca=""
+  for kv in "$@"; do
+    case ${kv%%=*} in
+      cert) cert=${kv#*=} ;;
+      key) key=${kv#*=} ;;
+      ca) ca=${kv#*=} ;;
+      *) t[${kv%%=*}]=${kv#*=} ;;
+    esac
+  done
+  local file=$dir/policy.d/50-$name.policy grants
+  mkdir -p "$dir/policy.d"
+  {
+    if [[ ${t[Auth]} == psk ]]; then
+      t[PSK]=${t[PSK]:-$name-psk}
+      printf '[PSK %s]\nKey=hex:%s\n\n' "${t[PSK]}" "$IKE_PSK_HEX"
+      grants="PSKs=${t[PSK]}"
+    else
+      t[Identity]=${t[Identity]:-$name-id} t[TrustStore]=${t[TrustStore]:-$name-ca}
+      printf '[Identity %s]\nCertificate=%s\nPrivateKey=%s\n\n' "${t[Identity]}" "$cert" "$key"
+      printf '[TrustStore %s]\nFile=%s\nIncludeSystem=no\n\n' "${t[TrustStore]}" "$ca"
+      grants="Identities=${t[Identity]}"$'\n'"TrustStore=${t[TrustStore]}"
+    fi
+    printf '[Tunnel]\n'
+    local k
+    for k in "${swan_policy_order[@]}"; do
+      [[ -n ${t[$k]:-} ]] && printf '%s=%s\n' "$k" "${t[$k]}"
+    done
+    printf '\n[Rule %s]\nMatchTunnel=%s\nProtocols=ikev2\n%s\nAction=allow\n' "$name" "$name" "$grants"
+  } >"$file"
+  chmod 600 "$file"
+}
+
+# tapsec_assocs HOST: one line per association, fields separated by tabs:
+# id protocol state parent inbound_spi outbound_spi bytes_sent bytes_received key_epoch peer_identity
+# tapsecctl --json prints an array or one object per line; both are read.
+tapsec_assocs() {
+  tapsec_ctl "$1" associations --json 2>/dev/null | python3 -c '
+import json, sys
+text = sys.stdin.read().strip()
+items = []
+try:
+    doc = json.loads(text)
+    items = doc if isinstance(doc, list) else doc.get("associations", [doc])
+except ValueError:
+    items = [json.loads(line) for line in text.splitlines() if line.strip()]
+fields = ("id", "protocol", "state", "parent", "inbound_spi", "outbound_spi",
+          "bytes_sent", "bytes_received", "key_epoch", "peer_identity")
+for item in items:
+    print("\t".join(str(item.get(f, "")) for f in fields))
+'
+}
+
+# tapsec_assoc_field HOST PROTOCOL FIELD [STATE]: FIELD (a name from the list
+# above) of the newest association of PROTOCOL ("ikev2", "esp") in STATE.
+tapsec_assoc_field() {
+  local host=$1 protocol=$2 field=$3 state=${4:-}
+  local -A column=([id]=1 [protocol]=2 [state]=3 [parent]=4 [inbound_spi]=5 [outbound_spi]=6
+                   [bytes_sent]=7 [bytes_received]=8 [key_epoch]=9 [peer_identity]=10)
+  tapsec_assocs "$host" | awk -F'\t' -v p="$protocol" -v s="$state" -v c="${column[$field]}" \
+    '$2 == p && (s == "" || $3 == s) && $1 + 0 >= best { best = $1 + 0; v = $c } END { if (best != "") print v }'
+}
+
+# tapsec_assoc_count HOST PROTOCOL [STATE]
+tapsec_assoc_count() {
+  tapsec_assocs "$1" | awk -F'\t' -v p="$2" -v s="${3:-}" '$2 == p && (s == "" || $3 == s) { n++ } END { print n + 0 }'
+}
+
+tapsec_wait_assoc() {  # HOST PROTOCOL STATE SECONDS
+  local deadline=$((SECONDS + $4))
+  until [[ -n $(tapsec_assoc_field "$1" "$2" id "$3") ]]; do
+    ((SECONDS < deadline)) || return 1
+    sleep 0.2
+  done
+}
+
+# ike_fail MESSAGE: prints MESSAGE, the agents' and charons' logs, and exits 1.
+ike_fail() {
+  echo "FAIL: $*"
+  local host dir
+  for host in "${!TAPSEC_DIR[@]}"; do
+    echo "--- tapsecd on $host: associations"
+    tapsec_assocs "$host" 2>&1 | sed 's/^/    /'
+    echo "--- tapsecd on $host: log tail"
+    grep -v "IKE datagram dropped from=[^ ]*:44500" "${TAPSEC_DIR[$host]}/tapsecd.log" 2>/dev/null | tail -n 40 | sed 's/^/    /'
+  done
+  for dir in "${SWAN_INSTANCES[@]}"; do
+    echo "--- charon $dir: SAs"
+    swan_ctl "$dir" --list-sas 2>&1 | sed 's/^/    /'
+    echo "--- charon $dir: log tail"
+    tail -n 30 "$dir/charon.log" 2>/dev/null | sed 's/^/    /'
+  done
+  exit 1
+}
+
+ike_step() { echo "[$SECONDS s] $*"; }
+
+# ike_ping_ok [COUNT] [INTERVAL]: alpha's inner address reaches beta's, no loss.
+ike_ping_ok() {
+  local count=${1:-3} interval=${2:-0.2} out
+  out=$(ipsec_ping alpha -q -c "$count" -i "$interval" -W 2 -I 10.1.0.1 10.2.0.1 2>&1)
+  local summary
+  summary=$(grep 'packets transmitted' <<<"$out")
+  [[ $(awk '{print $1}' <<<"$summary") == "$count" && $(awk '{print $4}' <<<"$summary") == "$count" ]] ||
+    { echo "$out"; return 1; }
+}
+
+# The charon peer of a tapsec host: beta-side (or alpha-side) configuration
+# matching tapsec_policy_tunnel's defaults. swan_peer DIR NAME SELF PEER SELF_NET PEER_NET SELF_ID PEER_ID extra...
+swan_peer() {
+  local dir=$1 name=$2 self=$3 peer=$4 self_net=$5 peer_net=$6 self_id=$7 peer_id=$8
+  shift 8
+  swan_conn "$dir" "$name" local_addrs="$self" remote_addrs="$peer" local_id="$self_id" remote_id="$peer_id" \
+    local_ts="$self_net" remote_ts="$peer_net" psk="0x$IKE_PSK_HEX" "$@"
+}
+
+# ike_lab [two|nat]: namespaces, a work directory ($IKE_WORK) and the exit
+# trap; $NS_ALPHA and $NS_BETA name the namespaces.
+ike_lab() {
+  local kind=${1:-two}
+  command -v charon-systemd >/dev/null && command -v swanctl >/dev/null ||
+    { echo "SKIP: strongSwan (charon-systemd, swanctl) is not installed" >&2; exit 77; }
+  IKE_WORK=$(mktemp -d /tmp/ike-lab.XXXXXX)
+  ipsec_at_exit charon_stop_all
+  if [[ $kind == nat ]]; then ipsec_hosts_nat; else ipsec_hosts_two; fi || ike_fail "cannot build the namespaces"
+  NS_ALPHA=$(ipsec_ns alpha) NS_BETA=$(ipsec_ns beta)
+}
+
+# ike_lab_certs TYPE: CA and host certificates (alpha.example, beta.example)
+# under $IKE_WORK/pki, TYPE ecdsa or rsa.
+ike_lab_certs() {
+  swan_pki_ca "$IKE_WORK/pki" "$1" &&
+    swan_pki_host "$IKE_WORK/pki" alpha "$1" alpha.example 192.0.2.1 &&
+    swan_pki_host "$IKE_WORK/pki" beta "$1" beta.example 192.0.2.2 || ike_fail "pki"
+}
+
+# ike_xfrm_moved NETNS BEFORE: the namespace's ESP byte counters exceed BEFORE.
+ike_xfrm_moved() { (($(xfrm_bytes "$1") > $2)); }

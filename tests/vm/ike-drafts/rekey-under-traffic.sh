@@ -1,0 +1,51 @@
+#!/bin/bash
+# tapsec-vm: timeout=200
+# ESP rekeying in both directions under a 20 packets/s ping loses nothing:
+# tapsec starts one (update-keys), then charon (swanctl --rekey); after each
+# the SPIs are new, the key epoch grew and one ESP association is left.
+set -u
+_one_charon_child() { (($(charon_child_count "$IKE_WORK/beta") == 1)); }
+lib=${TAPSEC_SOURCE_DIR:-.}/tests/vm
+source "$lib/lib/ipsec-hosts.sh"; source "$lib/lib/strongswan.sh"; source "$lib/ike-drafts/common.sh"
+ike_need_tapsec
+ike_lab two
+
+tapsec_policy_tunnel "$IKE_WORK/alpha" to-beta Peer=192.0.2.2 LocalId=alpha.example RemoteId=beta.example \
+  LocalTS=10.1.0.0/24 RemoteTS=10.2.0.0/24
+tapsec_start alpha "$IKE_WORK/alpha" || ike_fail "tapsecd did not start"
+charon_start "$NS_BETA" "$IKE_WORK/beta" || ike_fail "charon did not start"
+swan_peer "$IKE_WORK/beta" from-alpha 192.0.2.2 192.0.2.1 10.2.0.0/24 10.1.0.0/24 beta.example alpha.example
+charon_load "$IKE_WORK/beta" || ike_fail "loading beta"
+tapsec_ctl alpha tunnel up to-beta && tapsec_wait_assoc alpha esp established 30 || ike_fail "tunnel up"
+
+rekey_under_ping() {  # WHO: tapsec | charon
+  local old_spi old_epoch
+  old_spi=$(tapsec_assoc_field alpha esp inbound_spi established)
+  old_epoch=$(tapsec_assoc_field alpha esp key_epoch established)
+  ipsec_ping alpha -c 100 -i 0.05 -W 2 -I 10.1.0.1 10.2.0.1 >"$IKE_WORK/ping-$1.out" 2>&1 &
+  local ping=$!
+  sleep 1
+  if [[ $1 == tapsec ]]; then
+    tapsec_ctl alpha update-keys "$(tapsec_assoc_field alpha esp id established)" || ike_fail "update-keys"
+  else
+    charon_rekey "$IKE_WORK/beta" child from-alpha || ike_fail "swanctl --rekey"
+  fi
+  local deadline=$((SECONDS + 30))
+  until [[ $(tapsec_assoc_field alpha esp inbound_spi established) != "$old_spi" &&
+           $(tapsec_assoc_count alpha esp established) == 1 ]]; do
+    ((SECONDS < deadline)) || ike_fail "$1 rekey: the ESP SA was not replaced"
+    sleep 0.2
+  done
+  wait "$ping"
+  local summary
+  summary=$(grep 'packets transmitted' "$IKE_WORK/ping-$1.out")
+  [[ $(awk '{print $1 "/" $4}' <<<"$summary") == 100/100 ]] || ike_fail "$1 rekey lost packets: $summary"
+  (($(tapsec_assoc_field alpha esp key_epoch established) > old_epoch)) || ike_fail "$1 rekey: key_epoch did not grow"
+  [[ $(charon_child_state "$IKE_WORK/beta" from-alpha from-alpha) == INSTALLED ]] || ike_fail "charon after $1 rekey"
+  # The old pair goes once its DELETE exchange is through.
+  charon_wait 10 _one_charon_child || ike_fail "charon keeps the old CHILD_SA after the $1 rekey"
+  ike_step "$1-initiated rekey under traffic: $summary"
+}
+rekey_under_ping tapsec
+rekey_under_ping charon
+echo "PASS: rekeying in both directions loses no packets"
