@@ -12,6 +12,7 @@
 #include "agent/bus/errors.h"
 #include "agent/core/log.h"
 #include "agent/engines/ikev2/ike_engine.h"
+#include "agent/kernel/address_monitor.h"
 #include "agent/kernel/xfrm.h"
 #include "agent/state/ike_sockets.h"
 #include "agent/state/ike_tunnel_config.h"
@@ -135,6 +136,8 @@ struct IkeService::Impl : ikev2::ConfigSelector {
   std::optional<xfrm::XfrmSocket> kernel;
   std::optional<xfrm::XfrmEvents> kernel_events;
   core::Reactor::Id events_watch = 0;
+  std::optional<kernel::AddressMonitor> address_monitor;
+  core::Reactor::Id address_watch = 0, path_check_timer = 0;
   std::unique_ptr<ikev2::IkeEngine> engine;
   core::Reactor::Id engine_timer = 0;
   bool started = false;
@@ -157,6 +160,8 @@ struct IkeService::Impl : ikev2::ConfigSelector {
 
   ~Impl() override {
     reactor.unwatch(events_watch);
+    reactor.unwatch(address_watch);
+    reactor.cancel_timer(path_check_timer);
     reactor.cancel_timer(engine_timer);
     for (auto& [id, sa] : sas) reactor.cancel_timer(sa.timeout_timer);
   }
@@ -534,6 +539,31 @@ struct IkeService::Impl : ikev2::ConfigSelector {
     pump();
   }
 
+  // Addresses or routes changed: an SA whose path now leaves from another
+  // local address moves there (MOBIKE; the engine refuses if the peer did
+  // not agree to MOBIKE). Changes come in bursts: look once they settle.
+  void on_address_change() {
+    if (!address_monitor->drain() || path_check_timer) return;
+    path_check_timer = reactor.add_timer(std::chrono::milliseconds(200), [this] {
+      path_check_timer = 0;
+      check_paths();
+    });
+  }
+
+  void check_paths() {
+    auto now = ikev2::Clock::now();
+    for (const auto& state : engine->sas()) {
+      if (state.state != "established") continue;
+      auto source = route_source_address(state.remote.address);
+      if (!source || *source == state.local.address) continue;
+      Endpoint moved{*source, state.local.port};
+      bool accepted = engine->update_local_address(state.id, moved, now);
+      core::log::info(accepted ? "local address changed: moving the IKE SA" : "local address changed; the IKE SA cannot move (no MOBIKE)",
+                      {{"tunnel", state.config_name}, {"from", state.local.to_string()}, {"to", moved.to_string()}});
+    }
+    pump();
+  }
+
   bool tunnel_active(const std::string& name) const {
     for (const auto& [id, sa] : sas)
       if (sa.tunnel == name) return true;
@@ -599,6 +629,13 @@ bool IkeService::start(std::string* error) {
   if (auto events = kernel::xfrm::XfrmEvents::open()) {
     s.kernel_events.emplace(std::move(events.value()));
     s.events_watch = s.reactor.watch(s.kernel_events->fd(), POLLIN, [&s](std::uint32_t) { s.on_kernel_events(); });
+  }
+
+  if (auto monitor = kernel::AddressMonitor::open()) {
+    s.address_monitor.emplace(std::move(monitor.value()));
+    s.address_watch = s.reactor.watch(s.address_monitor->fd(), POLLIN, [&s](std::uint32_t) { s.on_address_change(); });
+  } else {
+    core::log::warning("address changes will go unnoticed", {{"error", monitor.error()}});
   }
 
   ikev2::IkeEngine::Options engine_options;

@@ -51,6 +51,30 @@ Fallback=${TAPSEC_FALLBACK:-yes}
 Export=yes
 Action=allow
 POLICY
+  # An IKEv2 tunnel to the other host (transport mode, PSK), started on
+  # request: `tapsecctl tunnel up to-<other>`.
+  local other=beta
+  [[ $h == beta ]] && other=alpha
+  cat >"$d/40-tunnel.policy" <<POLICY
+[PSK demo-link]
+Key=hex:$(printf demo-link-key | sha256sum | cut -d' ' -f1)
+
+[Tunnel]
+Name=to-$other
+Peer=${HOST_ADDRESS[$other]}
+LocalId=$h.test
+RemoteId=$other.test
+Auth=psk
+PSK=demo-link
+Mode=transport
+
+[Rule demo-tunnel]
+MatchTunnel=to-$other
+Protocols=ikev2
+PSKs=demo-link
+Action=allow
+POLICY
+  chmod 600 "$d/40-tunnel.policy"
 }
 
 hosts_up() {

@@ -23,6 +23,7 @@
 #include <string>
 
 #include "agent/core/unique_fd.h"
+#include "agent/kernel/address_monitor.h"
 #include "agent/kernel/xfrm_codec.h"
 
 namespace tapsec::kernel::xfrm {
@@ -685,6 +686,27 @@ TEST_F(XfrmKernel, AcquireArrivesForATrapPolicy) {
   EXPECT_EQ(acquire->outer_source.to_string(), "192.0.2.1");
   EXPECT_EQ(acquire->outer_destination.to_string(), "192.0.2.2");
   EXPECT_EQ(acquire->reqid, 7u);
+}
+
+// The address monitor (used to move IKE SAs with MOBIKE) lives with the
+// other tests that need a private network namespace.
+TEST(AddressMonitor, ReportsAddressAndRouteChangesAndNothingElse) {
+  if (!PrivateNamespace::ready) GTEST_SKIP() << PrivateNamespace::why_not;
+  auto monitor = AddressMonitor::open();
+  ASSERT_TRUE(monitor) << monitor.error();
+  EXPECT_FALSE(monitor->drain()) << "nothing changed yet";
+
+  auto changed_within = [&](int ms) {
+    pollfd p{monitor->fd(), POLLIN, 0};
+    return ::poll(&p, 1, ms) == 1 && monitor->drain();
+  };
+  ASSERT_EQ(std::system("ip addr add 10.0.0.9/24 dev xfrmt0"), 0);
+  EXPECT_TRUE(changed_within(2000)) << "adding an address went unnoticed";
+  ASSERT_EQ(std::system("ip route add 198.51.100.0/24 via 10.0.0.2"), 0);
+  EXPECT_TRUE(changed_within(2000)) << "adding a route went unnoticed";
+  ASSERT_EQ(std::system("ip addr del 10.0.0.9/24 dev xfrmt0"), 0);
+  EXPECT_TRUE(changed_within(2000)) << "removing an address went unnoticed";
+  EXPECT_FALSE(changed_within(100)) << "a change reported twice";
 }
 
 }  // namespace
