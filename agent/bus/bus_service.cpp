@@ -482,7 +482,8 @@ struct BusService::Handlers {
                                   sd_bus_message* reply, void* userdata, sd_bus_error* ret_error) {
     return guarded(ret_error, [&] {
       auto id = association_id_from_path(path);
-      auto info = id ? self(userdata).backend_.association(*id) : std::nullopt;
+      if (!id) return sd_bus_error_setf(ret_error, error::kNoSuchAssociation, "no association at %s", path);
+      const auto& info = self(userdata).association_for(reply, *id);
       if (!info) return sd_bus_error_setf(ret_error, error::kNoSuchAssociation, "association %s no longer exists", path);
       for (const auto& p : kAssociationProperties)
         if (p.name == property) return append_association_property(reply, *info, p.field);
@@ -773,6 +774,7 @@ void BusService::association_added(std::uint64_t id) {
 }
 
 void BusService::association_removed(std::uint64_t id) {
+  info_cache_ = {};
   // The backend has usually forgotten the association by now, so sd-bus
   // cannot look its interfaces up: name them here.
   std::string path = association_path(id);
@@ -795,6 +797,7 @@ void BusService::key_expiring(std::uint64_t id, std::uint64_t remaining_records)
 }
 
 void BusService::keys_updated(std::uint64_t id, std::uint64_t epoch) {
+  info_cache_ = {};
   std::string path = association_path(id);
   warn_if_failed(sd_bus_emit_signal(bus_.get(), path.c_str(), kAssociationInterface, "KeysUpdated", "t", epoch),
                  "KeysUpdated", id);
@@ -804,6 +807,7 @@ void BusService::keys_updated(std::uint64_t id, std::uint64_t epoch) {
 }
 
 void BusService::path_changed(std::uint64_t id, const std::string& old_path, const std::string& new_path) {
+  info_cache_ = {};
   std::string path = association_path(id);
   warn_if_failed(sd_bus_emit_signal(bus_.get(), path.c_str(), kAssociationInterface, "PathChanged", "ss",
                                     old_path.c_str(), new_path.c_str()),
@@ -860,6 +864,20 @@ void BusService::validate_peer(const std::string& unique_name, const std::string
   if (r < 0) return fail(std::string("could not call the peer validator: ") + std::strerror(-r));
   std::uint64_t token = pending->token;
   pending_validations_.emplace(token, std::move(pending));
+}
+
+const std::optional<AssociationInfo>& BusService::association_for(const sd_bus_message* message, std::uint64_t id) {
+  // The message address alone could repeat once a message is freed; the
+  // short age bound keeps a reused address from serving old values.
+  auto now = std::chrono::steady_clock::now();
+  InfoCache& c = info_cache_;
+  if (c.message != message || c.id != id || now - c.read_at > std::chrono::milliseconds(20)) {
+    c.message = message;
+    c.id = id;
+    c.read_at = now;
+    c.info = backend_.association(id);
+  }
+  return c.info;
 }
 
 std::variant<CallerCredentials, BusError> BusService::caller_credentials(sd_bus_message* m) {

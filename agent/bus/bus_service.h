@@ -100,6 +100,18 @@ class BusService : public Publisher {
   SlotRef name_slot_;
   std::uint64_t next_validation_token_ = 1;
   std::map<std::uint64_t, std::unique_ptr<PendingValidation>> pending_validations_;
+
+  // sd-bus asks for each property on its own, also when it builds one
+  // GetAll reply or InterfacesAdded signal; the association is read once
+  // per message being built (reading it may mean netlink queries).
+  struct InfoCache {
+    const sd_bus_message* message = nullptr;
+    std::uint64_t id = 0;
+    std::chrono::steady_clock::time_point read_at{};
+    std::optional<AssociationInfo> info;
+  };
+  const std::optional<AssociationInfo>& association_for(const sd_bus_message* message, std::uint64_t id);
+  InfoCache info_cache_;
 };
 
 }  // namespace tapsec::bus

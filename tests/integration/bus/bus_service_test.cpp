@@ -802,10 +802,21 @@ TEST_F(BusServiceTest, AssociationObjectsAppearAndDisappear) {
   }
   EXPECT_TRUE(found) << "GetManagedObjects does not list " << path;
 
-  // Every property, with its type and value.
+  // Every property, with its type and value; the backend is read once for
+  // the whole reply, not once per property.
+  int reads_before = 0;
+  {
+    std::lock_guard lock(server_->backend.mutex);
+    reads_before = server_->backend.association_reads;
+  }
   r = call(path.c_str(), "org.freedesktop.DBus.Properties", "GetAll",
            [](sd_bus_message* m) { return sd_bus_message_append(m, "s", bus::kAssociationInterface); });
   ASSERT_TRUE(r.ok()) << r.error_message;
+  {
+    std::lock_guard lock(server_->backend.mutex);
+    // One for the object lookup, one for the properties.
+    EXPECT_LE(server_->backend.association_reads - reads_before, 2);
+  }
   auto properties = read_property_map(r.reply.get());
   std::map<std::string, std::string> expected = {
       {"Protocol", "s:tls"},

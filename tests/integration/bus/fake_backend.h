@@ -48,6 +48,7 @@ class FakeBackend : public bus::Backend {
   std::vector<std::vector<std::uint8_t>> chain_to_validate = {{0x30, 0x82, 0x01}, {0x30, 0x03}};
   core::Reactor* reactor = nullptr;  // for kReturnLater
   Received received;
+  mutable int association_reads = 0;  // Backend::association calls (they may be costly)
 
   bus::Publisher* publisher() {
     std::lock_guard lock(mutex);
@@ -171,6 +172,7 @@ class FakeBackend : public bus::Backend {
 
   std::optional<bus::AssociationInfo> association(std::uint64_t id) const override {
     std::lock_guard lock(mutex);
+    ++association_reads;
     auto it = associations_.find(id);
     if (it == associations_.end()) return std::nullopt;
     return it->second;
