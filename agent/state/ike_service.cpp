@@ -144,6 +144,7 @@ struct IkeService::Impl : ikev2::ConfigSelector {
   std::string not_running_reason = "IKE is off (tapsecd --ike-port 0)";
 
   std::map<std::string, TunnelEntry> tunnels;
+  std::vector<std::string> tunnel_order;  // as the policy lists them
   std::map<ikev2::IkeSaId, SaRecord> sas;
   std::map<std::uint64_t, std::pair<ikev2::IkeSaId, ikev2::ChildSaId>> by_association;  // child 0 = the IKE SA
   std::uint32_t next_reqid = 1;
@@ -168,22 +169,34 @@ struct IkeService::Impl : ikev2::ConfigSelector {
 
   // ---- ConfigSelector: which tunnel answers a peer
 
-  std::shared_ptr<const ikev2::IkeConfig> select(const Endpoint& local, const Endpoint& remote,
-                                                 const ikev2::Identification* peer_id) override {
-    const TunnelEntry* any_id = nullptr;
-    for (const auto& [name, entry] : tunnels) {
+  // Tunnels that may answer this peer: those naming its ID first, then
+  // those accepting any ID, each group in policy order.
+  std::vector<std::shared_ptr<const ikev2::IkeConfig>> candidates(const Endpoint& local, const Endpoint& remote,
+                                                                   const ikev2::Identification* peer_id) const {
+    std::vector<std::shared_ptr<const ikev2::IkeConfig>> named, any_id;
+    for (const auto& name : tunnel_order) {
+      const TunnelEntry& entry = tunnels.at(name);
       if (!entry.config) continue;
       const auto& t = entry.tunnel;
       if (!is_any(t.peer) && !(entry.remote.family && entry.remote == remote.address)) continue;
       if (!t.local_address.empty() && !(entry.local == local.address)) continue;
-      if (!peer_id) return entry.config;
-      if (!entry.config->peer.expected_id) {
-        if (!any_id) any_id = &entry;
-        continue;
-      }
-      if (*entry.config->peer.expected_id == *peer_id) return entry.config;
+      const auto& expected = entry.config->peer.expected_id;
+      if (!expected) any_id.push_back(entry.config);
+      else if (!peer_id || *expected == *peer_id) named.push_back(entry.config);
     }
-    return any_id ? any_id->config : nullptr;
+    named.insert(named.end(), any_id.begin(), any_id.end());
+    return named;
+  }
+
+  std::shared_ptr<const ikev2::IkeConfig> select(const Endpoint& local, const Endpoint& remote,
+                                                 const ikev2::Identification* peer_id) override {
+    auto found = candidates(local, remote, peer_id);
+    return found.empty() ? nullptr : found.front();
+  }
+
+  std::vector<std::shared_ptr<const ikev2::IkeConfig>> candidates(const Endpoint& local, const Endpoint& remote,
+                                                                   const ikev2::Identification& peer_id) override {
+    return candidates(local, remote, &peer_id);
   }
 
   // ---- engine plumbing
@@ -672,6 +685,7 @@ void IkeService::apply_policy(const policy::Policy& policy) {
   s.policy = &policy;
   for (auto& [name, entry] : s.tunnels) s.remove_trap(entry);
   s.tunnels.clear();
+  s.tunnel_order.clear();
   for (const auto& name : policy.tunnel_names()) {
     const policy::Tunnel* tunnel = policy.tunnel(name);
     if (!tunnel || tunnel->protocol != "ikev2") continue;
@@ -686,6 +700,7 @@ void IkeService::apply_policy(const policy::Policy& policy) {
     if (!entry.config_error.empty())
       core::log::error("tunnel unusable", {{"tunnel", name}, {"at", tunnel->location}, {"error", entry.config_error}});
     s.tunnels.emplace(name, std::move(entry));
+    s.tunnel_order.push_back(name);
   }
   if (!s.started) return;
   for (auto& [name, entry] : s.tunnels) {

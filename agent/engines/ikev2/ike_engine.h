@@ -81,6 +81,17 @@ class ConfigSelector {
   virtual ~ConfigSelector() = default;
   virtual std::shared_ptr<const IkeConfig> select(const Endpoint& local, const Endpoint& remote,
                                                   const Identification* peer_id) = 0;
+  // At IKE_AUTH: every config that may answer this peer and ID, best first.
+  // A pre-shared key and a certificate config may share both, so the engine
+  // takes the first whose PeerRequirements method is the one of the peer's
+  // AUTH payload (else the first, whose check then says why it fails). By
+  // default the one config select() gives.
+  virtual std::vector<std::shared_ptr<const IkeConfig>> candidates(const Endpoint& local, const Endpoint& remote,
+                                                                   const Identification& peer_id) {
+    auto config = select(local, remote, &peer_id);
+    if (!config) return {};
+    return {std::move(config)};
+  }
 };
 
 // Hands out inbound ESP SPIs that are unique on this host (nullopt = none left).

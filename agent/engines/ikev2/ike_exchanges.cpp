@@ -484,6 +484,17 @@ void IkeEngine::Impl::handle_init_request(const Endpoint& local, const Endpoint&
   half_open_index[{remote, header.initiator_spi}] = spi_r;
 }
 
+std::shared_ptr<const IkeConfig> IkeEngine::Impl::choose_auth_config(const Endpoint& local, const Endpoint& remote,
+                                                                      const Identification& peer_id,
+                                                                      const AuthenticationPayload& auth) {
+  const auto candidates = options.selector->candidates(local, remote, peer_id);
+  const auto method = auth.method == auth_method::kSharedKey ? PeerRequirements::Method::SharedKey
+                                                              : PeerRequirements::Method::Signature;
+  for (const auto& candidate : candidates)
+    if (candidate && candidate->peer.method == method) return candidate;
+  return candidates.empty() ? nullptr : candidates.front();
+}
+
 std::vector<Payload> IkeEngine::Impl::handle_auth_request(IkeSa& sa, const std::vector<Payload>& inner,
                                                           const Endpoint& local, const Endpoint& remote,
                                                           TimePoint now) {
@@ -497,7 +508,7 @@ std::vector<Payload> IkeEngine::Impl::handle_auth_request(IkeSa& sa, const std::
   if (!idi || !auth) return fail(notify::kInvalidSyntax, "INVALID_SYNTAX: IKE_AUTH request without IDi or AUTH");
   const Identification peer_id{idi->id_type, idi->data};
 
-  std::shared_ptr<const IkeConfig> config = options.selector->select(local, remote, &peer_id);
+  std::shared_ptr<const IkeConfig> config = choose_auth_config(local, remote, peer_id, *auth);
   if (!config)
     return fail(notify::kAuthenticationFailed, "AUTHENTICATION_FAILED: no config for peer " + peer_id.to_string());
   assoc.config = config;

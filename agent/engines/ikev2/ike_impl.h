@@ -121,6 +121,11 @@ struct IkeEngine::Impl {
   void handle_init_response(detail::IkeSa& sa, const Message& message, std::span<const std::uint8_t> datagram,
                             TimePoint now);
   void send_auth_request(detail::IkeSa& sa, TimePoint now);
+  // The responder's config at IKE_AUTH: the selector's candidates for the
+  // peer's ID, preferring the one for the peer's authentication method.
+  std::shared_ptr<const IkeConfig> choose_auth_config(const Endpoint& local, const Endpoint& remote,
+                                                      const Identification& peer_id,
+                                                      const AuthenticationPayload& auth);
   std::vector<Payload> handle_auth_request(detail::IkeSa& sa, const std::vector<Payload>& inner,
                                            const Endpoint& local, const Endpoint& remote, TimePoint now);
   void handle_auth_response(detail::IkeSa& sa, const std::vector<Payload>& inner, detail::flight::Auth& flight,

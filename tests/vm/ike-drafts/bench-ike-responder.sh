@@ -1,5 +1,5 @@
 #!/bin/bash
-# tapsec-vm: timeout=600
+# tapsec-vm: timeout=135
 # Responder throughput: one charon initiator (alpha) brings up N IKE SAs,
 # each with one ESP SA, against (a) a charon responder and (b) tapsecd as
 # responder (beta), in the same guest run. Prints establishments per second

@@ -48,7 +48,7 @@ tapsec_start() {
 </busconfig>
 CONF
   dbus-daemon --config-file="$dir/bus.conf" --fork --print-pid >"$dir/bus.pid" || return 1
-  ipsec_on "$host" "$TAPSECD" --bus "unix:path=$dir/bus" --policy-dir "$dir/policy.d" --log-level debug \
+  ipsec_on "$host" "$TAPSECD" --bus "unix:path=$dir/bus" --policy-dir "$dir/policy.d" --log-level "${TAPSEC_LOG_LEVEL:-debug}" \
     2>"$dir/tapsecd.log" &
   echo $! >"$dir/tapsecd.pid"
   TAPSEC_DIR[$host]=$dir
@@ -168,21 +168,33 @@ tapsec_wait_assoc() {  # HOST PROTOCOL STATE SECONDS
   done
 }
 
+# Source ports of malformed-ike.sh's garbage (40000 + 500, 40000 + 4500): the
+# agent logs one "IKE datagram dropped" line per datagram from them, which
+# ike_fail leaves out of the log tail.
+IKE_GARBAGE_PORTS="40500|44500"
+
 # ike_fail MESSAGE: prints MESSAGE, the agents' and charons' logs, and exits 1.
 ike_fail() {
   echo "FAIL: $*"
-  local host dir
+  local host dir log noise
+  noise="IKE datagram dropped from=[^ ]*:($IKE_GARBAGE_PORTS) "
   for host in "${!TAPSEC_DIR[@]}"; do
     echo "--- tapsecd on $host: associations"
     tapsec_assocs "$host" 2>&1 | sed 's/^/    /'
-    echo "--- tapsecd on $host: log tail"
-    grep -v "IKE datagram dropped from=[^ ]*:44500" "${TAPSEC_DIR[$host]}/tapsecd.log" 2>/dev/null | tail -n 40 | sed 's/^/    /'
+    log=${TAPSEC_DIR[$host]}/tapsecd.log
+    echo "--- tapsecd on $host: log tail ($(grep -cE "$noise" "$log" 2>/dev/null) lines on garbage datagrams left out)"
+    grep -vE "$noise" "$log" 2>/dev/null | tail -n 40 | sed 's/^/    /'
   done
   for dir in "${SWAN_INSTANCES[@]}"; do
     echo "--- charon $dir: SAs"
     swan_ctl "$dir" --list-sas 2>&1 | sed 's/^/    /'
     echo "--- charon $dir: log tail"
-    tail -n 30 "$dir/charon.log" 2>/dev/null | sed 's/^/    /'
+    if [[ -s $dir/charon.log ]]; then
+      tail -n 40 "$dir/charon.log" | sed 's/^/    /'
+    else
+      echo "    (no $dir/charon.log; charon's own output:)"
+      tail -n 20 "$dir/charon.stdout" 2>&1 | sed 's/^/    /'
+    fi
   done
   exit 1
 }

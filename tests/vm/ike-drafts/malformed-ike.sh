@@ -1,5 +1,5 @@
 #!/bin/bash
-# tapsec-vm: timeout=150
+# tapsec-vm: timeout=100
 # Garbage at the agent's IKE ports: truncated headers, wrong versions, huge
 # lengths, bogus payload chains, a non-ESP marker on 4500 and random bytes,
 # sent from beta to alpha's UDP 500 and 4500. tapsecd drops them, stays up,
@@ -13,7 +13,9 @@ ike_lab two
 tapsec_policy_tunnel "$IKE_WORK/alpha" to-beta Peer=192.0.2.2 LocalId=alpha.example RemoteId=beta.example \
   LocalTS=10.1.0.0/24 RemoteTS=10.2.0.0/24
 tapsec_start alpha "$IKE_WORK/alpha" || ike_fail "tapsecd did not start"
-charon_start "$NS_BETA" "$IKE_WORK/beta" || ike_fail "charon did not start"
+# reuse_ikesa = no: otherwise charon answers "initiate probe" below with its
+# established IKE SA of the same peer and identities and sends nothing.
+charon_start "$NS_BETA" "$IKE_WORK/beta" "reuse_ikesa = no" || ike_fail "charon did not start"
 swan_peer "$IKE_WORK/beta" from-alpha 192.0.2.2 192.0.2.1 10.2.0.0/24 10.1.0.0/24 beta.example alpha.example
 charon_load "$IKE_WORK/beta" || ike_fail "loading beta"
 tapsec_ctl alpha tunnel up to-beta && tapsec_wait_assoc alpha esp established 30 || ike_fail "tunnel up"
@@ -54,4 +56,6 @@ ike_ping_ok 3 || ike_fail "traffic after the garbage"
 swan_peer "$IKE_WORK/beta" probe 192.0.2.2 192.0.2.1 10.2.0.0/24 10.1.0.0/24 beta.example alpha.example
 charon_load "$IKE_WORK/beta" && charon_initiate_ike "$IKE_WORK/beta" probe 20 ||
   ike_fail "tapsecd no longer completes an IKE_SA after the garbage"
+(($(tapsec_assoc_count alpha ikev2 established) == 2)) ||
+  ike_fail "tapsecd does not show the probe as a second established IKE SA"
 echo "PASS: malformed IKE datagrams dropped, agent up"

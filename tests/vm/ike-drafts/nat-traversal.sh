@@ -1,5 +1,5 @@
 #!/bin/bash
-# tapsec-vm: timeout=200
+# tapsec-vm: timeout=170
 # NAT traversal: tapsecd (alpha, 172.16.0.2) sits behind a masquerading
 # router (outside 192.0.2.1); charon (beta) responds. Both detect the NAT,
 # move to UDP 4500, the kernel SAs use espinudp encapsulation, and traffic

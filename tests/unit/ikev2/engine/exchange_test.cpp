@@ -246,6 +246,57 @@ TEST_F(EngineTest, UnexpectedPeerIdentityFails) {
   EXPECT_TRUE(contains(net.b.down_reasons().at(0), "c.example")) << net.b.down_reasons()[0];
 }
 
+// b has a certificate config and a PSK config for the same peer and ID, in
+// the order given; select() returns the first (as the agent does).
+class SameIdSelector : public FixedSelector {
+ public:
+  std::vector<std::shared_ptr<const IkeConfig>> configs;
+  std::shared_ptr<const IkeConfig> select(const Endpoint&, const Endpoint&, const Identification*) override {
+    return configs.front();
+  }
+  std::vector<std::shared_ptr<const IkeConfig>> candidates(const Endpoint&, const Endpoint&,
+                                                           const Identification&) override {
+    return configs;
+  }
+};
+
+class SameIdTest : public EngineTest {
+ protected:
+  std::shared_ptr<SameIdSelector> selector = std::make_shared<SameIdSelector>();
+  Ends cert_ends = psk_ends();
+  SameIdTest() {
+    static const TestPki pki(KeyKind::EcdsaP256);
+    use_certificates(cert_ends, pki);
+    ends.b->name = "psk";
+    cert_ends.b->name = "certificate";
+    net.b.selector = selector;
+  }
+  std::string b_config() const { return net.b.all<IkeSaUp>().at(0).config_name; }
+};
+
+TEST_F(SameIdTest, PskPeerGetsThePskConfigListedSecond) {
+  selector->configs = {cert_ends.b, ends.b};
+  connect();
+  expect_established();
+  EXPECT_EQ(b_config(), "psk");
+}
+
+TEST_F(SameIdTest, CertificatePeerGetsTheCertificateConfigListedSecond) {
+  selector->configs = {ends.b, cert_ends.b};
+  ends.a = cert_ends.a;
+  connect();
+  expect_established();
+  EXPECT_EQ(b_config(), "certificate");
+}
+
+TEST_F(SameIdTest, WithoutAConfigForItsMethodThePeerIsRefused) {
+  selector->configs = {cert_ends.b};
+  connect();
+  ASSERT_EQ(net.b.count<IkeSaDown>(), 1u);
+  EXPECT_TRUE(contains(net.b.down_reasons()[0], "a certificate is required")) << net.b.down_reasons()[0];
+  EXPECT_EQ(net.a.count<IkeSaUp>() + net.b.count<IkeSaUp>(), 0u);
+}
+
 TEST_F(EngineTest, NoInboundSpiMeansNoAdditionalSas) {
   start();
   net.b.spis_exhausted = true;
