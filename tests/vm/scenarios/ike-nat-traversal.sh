@@ -7,7 +7,7 @@
 # tc's stateless nat action (see lib/ipsec-hosts.sh).
 set -u
 lib=${TAPSEC_SOURCE_DIR:-.}/tests/vm
-source "$lib/lib/ipsec-hosts.sh"; source "$lib/lib/strongswan.sh"; source "$lib/ike-drafts/common.sh"
+source "$lib/lib/ipsec-hosts.sh"; source "$lib/lib/strongswan.sh"; source "$lib/lib/ike-lab.sh"
 ike_need_tapsec
 ike_lab nat
 ike_step "NAT by $IPSEC_NAT_METHOD"

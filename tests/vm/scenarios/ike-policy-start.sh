@@ -1,12 +1,12 @@
 #!/bin/bash
-# tapsec-vm: timeout=75
+# tapsec-vm: timeout=120
 # Tunnels the policy starts by itself, towards a charon responder: with
 # Start=boot the tunnel is up as soon as the agent runs; with Start=trap
 # nothing is negotiated until a packet for the tunnel makes the kernel ask
 # (XFRM ACQUIRE) and the agent negotiates on demand.
 set -u
 lib=${TAPSEC_SOURCE_DIR:-.}/tests/vm
-source "$lib/lib/ipsec-hosts.sh"; source "$lib/lib/strongswan.sh"; source "$lib/ike-drafts/common.sh"
+source "$lib/lib/ipsec-hosts.sh"; source "$lib/lib/strongswan.sh"; source "$lib/lib/ike-lab.sh"
 ike_need_tapsec
 ike_lab two
 _no_tapsec_sas() { (($(tapsec_assoc_count alpha ikev2) == 0)); }

@@ -5,7 +5,7 @@
 # traffic and charon sees alpha.example authenticated by its certificate.
 set -u
 lib=${TAPSEC_SOURCE_DIR:-.}/tests/vm
-source "$lib/lib/ipsec-hosts.sh"; source "$lib/lib/strongswan.sh"; source "$lib/ike-drafts/common.sh"
+source "$lib/lib/ipsec-hosts.sh"; source "$lib/lib/strongswan.sh"; source "$lib/lib/ike-lab.sh"
 ike_need_tapsec
 ike_lab two
 charon_start "$NS_BETA" "$IKE_WORK/beta" || ike_fail "charon did not start in beta"

@@ -1,11 +1,11 @@
 #!/bin/bash
-# tapsec-vm: timeout=40
+# tapsec-vm: timeout=120
 # SSKE: two agents with Export=yes derive the same keying material from
 # their IKE SA (prf+ of SK_d), another label gives other keys, and a Child
 # SA exports nothing.
 set -u
 lib=${TAPSEC_SOURCE_DIR:-.}/tests/vm
-source "$lib/lib/ipsec-hosts.sh"; source "$lib/lib/strongswan.sh"; source "$lib/ike-drafts/common.sh"
+source "$lib/lib/ipsec-hosts.sh"; source "$lib/lib/strongswan.sh"; source "$lib/lib/ike-lab.sh"
 ike_need_tapsec
 ike_lab two
 

@@ -1,12 +1,12 @@
 #!/bin/bash
-# tapsec-vm: timeout=100
+# tapsec-vm: timeout=120
 # Garbage at the agent's IKE ports: truncated headers, wrong versions, huge
 # lengths, bogus payload chains, a non-ESP marker on 4500 and random bytes,
 # sent from beta to alpha's UDP 500 and 4500. tapsecd drops them, stays up,
 # keeps its established tunnel and still answers a fresh IKE_SA_INIT.
 set -u
 lib=${TAPSEC_SOURCE_DIR:-.}/tests/vm
-source "$lib/lib/ipsec-hosts.sh"; source "$lib/lib/strongswan.sh"; source "$lib/ike-drafts/common.sh"
+source "$lib/lib/ipsec-hosts.sh"; source "$lib/lib/strongswan.sh"; source "$lib/lib/ike-lab.sh"
 ike_need_tapsec
 ike_lab two
 

@@ -1,11 +1,11 @@
 #!/bin/bash
-# tapsec-vm: timeout=50
+# tapsec-vm: timeout=120
 # Deletion both ways: tapsecctl terminate sends an IKE DELETE that charon
 # acts on (no SAs left on either side); then charon terminates a new tunnel
 # and tapsecd ends its associations and removes the kernel state.
 set -u
 lib=${TAPSEC_SOURCE_DIR:-.}/tests/vm
-source "$lib/lib/ipsec-hosts.sh"; source "$lib/lib/strongswan.sh"; source "$lib/ike-drafts/common.sh"
+source "$lib/lib/ipsec-hosts.sh"; source "$lib/lib/strongswan.sh"; source "$lib/lib/ike-lab.sh"
 ike_need_tapsec
 ike_lab two
 

@@ -1,11 +1,11 @@
 #!/bin/bash
-# tapsec-vm: timeout=85
+# tapsec-vm: timeout=120
 # MOBIKE (RFC 4555): tapsecd (alpha) loses 192.0.2.1 and reaches charon
 # (beta) over a second link as 198.51.100.1; it sends UPDATE_SA_ADDRESSES,
 # both sides move the SAs, and traffic crosses again without a new IKE SA.
 set -u
 lib=${TAPSEC_SOURCE_DIR:-.}/tests/vm
-source "$lib/lib/ipsec-hosts.sh"; source "$lib/lib/strongswan.sh"; source "$lib/ike-drafts/common.sh"
+source "$lib/lib/ipsec-hosts.sh"; source "$lib/lib/strongswan.sh"; source "$lib/lib/ike-lab.sh"
 ike_need_tapsec
 ike_lab two
 ipsec_path_add || ike_fail "second link"

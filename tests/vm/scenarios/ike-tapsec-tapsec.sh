@@ -1,12 +1,12 @@
 #!/bin/bash
-# tapsec-vm: timeout=65
+# tapsec-vm: timeout=120
 # tapsecd on both hosts, no strongSwan: alpha initiates (PSK, then ECDSA
 # certificates), beta responds; both agents list matching IKE and ESP
 # associations (each one's inbound SPI is the other's outbound), traffic
 # crosses and a terminate on one side clears both.
 set -u
 lib=${TAPSEC_SOURCE_DIR:-.}/tests/vm
-source "$lib/lib/ipsec-hosts.sh"; source "$lib/lib/strongswan.sh"; source "$lib/ike-drafts/common.sh"
+source "$lib/lib/ipsec-hosts.sh"; source "$lib/lib/strongswan.sh"; source "$lib/lib/ike-lab.sh"
 ike_need_tapsec
 ike_lab two
 ike_lab_certs ecdsa

@@ -1,12 +1,12 @@
 #!/bin/bash
-# tapsec-vm: timeout=75
+# tapsec-vm: timeout=120
 # tapsecd (alpha) initiates an IKEv2 tunnel with a pre-shared key to a charon
 # responder (beta): both see the IKE SA and the ESP SA, the SPIs agree, ping
 # crosses 10.1.0.0/24 <-> 10.2.0.0/24 and the kernel's ESP counters move on
 # both sides.
 set -u
 lib=${TAPSEC_SOURCE_DIR:-.}/tests/vm
-source "$lib/lib/ipsec-hosts.sh"; source "$lib/lib/strongswan.sh"; source "$lib/ike-drafts/common.sh"
+source "$lib/lib/ipsec-hosts.sh"; source "$lib/lib/strongswan.sh"; source "$lib/lib/ike-lab.sh"
 ike_need_tapsec
 ike_lab two
 

@@ -1,11 +1,11 @@
 #!/bin/bash
-# tapsec-vm: timeout=40
+# tapsec-vm: timeout=120
 # charon (alpha) initiates; tapsecd (beta) responds with a PSK tunnel its
 # policy defines (Start=none: a responder accepts without being brought up).
 # Both sides install, traffic crosses, counters move.
 set -u
 lib=${TAPSEC_SOURCE_DIR:-.}/tests/vm
-source "$lib/lib/ipsec-hosts.sh"; source "$lib/lib/strongswan.sh"; source "$lib/ike-drafts/common.sh"
+source "$lib/lib/ipsec-hosts.sh"; source "$lib/lib/strongswan.sh"; source "$lib/lib/ike-lab.sh"
 ike_need_tapsec
 ike_lab two
 

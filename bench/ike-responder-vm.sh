@@ -16,7 +16,7 @@
 # the run if tapsec's rate falls below that fraction of charon's.
 set -u
 lib=${TAPSEC_SOURCE_DIR:-.}/tests/vm
-source "$lib/lib/ipsec-hosts.sh"; source "$lib/lib/strongswan.sh"; source "$lib/ike-drafts/common.sh"
+source "$lib/lib/ipsec-hosts.sh"; source "$lib/lib/strongswan.sh"; source "$lib/lib/ike-lab.sh"
 ike_need_tapsec
 export TAPSEC_LOG_LEVEL=info  # per-packet debug lines would be measured too
 n=${BENCH_N:-100}

@@ -6,7 +6,7 @@
 set -u
 _one_charon_child() { (($(charon_child_count "$IKE_WORK/beta") == 1)); }
 lib=${TAPSEC_SOURCE_DIR:-.}/tests/vm
-source "$lib/lib/ipsec-hosts.sh"; source "$lib/lib/strongswan.sh"; source "$lib/ike-drafts/common.sh"
+source "$lib/lib/ipsec-hosts.sh"; source "$lib/lib/strongswan.sh"; source "$lib/lib/ike-lab.sh"
 ike_need_tapsec
 ike_lab two
 
