@@ -17,6 +17,8 @@
 #include <cstring>
 #include <strings.h>
 
+#include "agent/core/openssl_ptr.h"
+
 namespace tapsec::ikev2 {
 
 void EvpPkeyFree::operator()(EVP_PKEY* key) const { EVP_PKEY_free(key); }
@@ -24,15 +26,7 @@ void X509StoreFree::operator()(X509_STORE* store) const { X509_STORE_free(store)
 
 namespace {
 
-template <auto FreeFunction>
-struct OpenSslDeleter {
-  template <typename T>
-  void operator()(T* object) const {
-    FreeFunction(object);
-  }
-};
-template <typename T, auto FreeFunction>
-using OpenSslPtr = std::unique_ptr<T, OpenSslDeleter<FreeFunction>>;
+using core::OpenSslPtr;
 
 void free_x509_stack(STACK_OF(X509) * stack) { sk_X509_pop_free(stack, X509_free); }
 void free_general_names(GENERAL_NAMES* names) { GENERAL_NAMES_free(names); }

@@ -15,18 +15,12 @@
 #include <initializer_list>
 #include <stdexcept>
 
+#include "agent/core/openssl_ptr.h"
+
 namespace tapsec::ikev2 {
 namespace {
 
-template <auto FreeFunction>
-struct OpenSslDeleter {
-  template <typename T>
-  void operator()(T* object) const {
-    FreeFunction(object);
-  }
-};
-template <typename T, auto FreeFunction>
-using OpenSslPtr = std::unique_ptr<T, OpenSslDeleter<FreeFunction>>;
+using core::OpenSslPtr;
 
 using EvpPkeyPtr = OpenSslPtr<EVP_PKEY, EVP_PKEY_free>;
 using EvpPkeyCtxPtr = OpenSslPtr<EVP_PKEY_CTX, EVP_PKEY_CTX_free>;

@@ -10,20 +10,14 @@
 #include <openssl/x509.h>
 
 #include <memory>
+
+#include "agent/core/openssl_ptr.h"
 #include <string>
 
 namespace tapsec::tls::detail {
 
-template <auto FreeFunction>
-struct OpenSslDeleter {
-  template <typename T>
-  void operator()(T* object) const {
-    FreeFunction(object);
-  }
-};
-
-template <typename T, auto FreeFunction>
-using OpenSslPtr = std::unique_ptr<T, OpenSslDeleter<FreeFunction>>;
+using core::OpenSslDeleter;
+using core::OpenSslPtr;
 
 using SslCtxPtr = OpenSslPtr<SSL_CTX, SSL_CTX_free>;
 using SslPtr = OpenSslPtr<SSL, SSL_free>;
