@@ -18,7 +18,10 @@ set -u
 lib=${TAPSEC_SOURCE_DIR:-.}/tests/vm
 source "$lib/lib/ipsec-hosts.sh"; source "$lib/lib/strongswan.sh"; source "$lib/lib/ike-lab.sh"
 ike_need_tapsec
-export TAPSEC_LOG_LEVEL=info  # per-packet debug lines would be measured too
+# Both responders log what an operator keeps by default, no debugging
+# detail: per-packet lines would be measured too.
+export TAPSEC_LOG_LEVEL=info
+export SWAN_LOG_DEFAULT=0 SWAN_LOG_IKE=0 SWAN_LOG_KNL=0 SWAN_LOG_CFG=0
 n=${BENCH_N:-100}
 ((n >= 1 && n <= 250)) || { echo "BENCH_N must be 1..250" >&2; exit 2; }
 ike_lab two

@@ -59,10 +59,10 @@ charon {
       time_add_ms = yes
       ike_name = yes
       flush_line = yes
-      default = 1
-      ike = 2
-      knl = 2
-      cfg = 1
+      default = ${SWAN_LOG_DEFAULT:-1}
+      ike = ${SWAN_LOG_IKE:-2}
+      knl = ${SWAN_LOG_KNL:-2}
+      cfg = ${SWAN_LOG_CFG:-1}
     }
   }
 $extra
