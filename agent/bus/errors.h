@@ -1,6 +1,8 @@
 // The D-Bus error names of org.tapsec1 (dbus/API.md lists when each occurs).
 #pragma once
 
+#include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -23,6 +25,17 @@ inline constexpr const char* kTimeout = "org.tapsec1.Error.Timeout";
 inline constexpr const char* kInternal = "org.tapsec1.Error.Internal";
 
 inline BusError make(const char* name, std::string message) { return BusError{name, std::move(message)}; }
+// By the short name: named("InvalidArgument", ...).
+inline BusError named(const char* short_name, std::string message) {
+  return BusError{std::string(kErrorPrefix) + short_name, std::move(message)};
+}
+// Only root and the owner of an association may change it.
+inline std::optional<BusError> check_owner(const CallerCredentials& caller, uid_t owner, std::uint64_t id,
+                                           const char* action) {
+  if (caller.uid == 0 || caller.uid == owner) return std::nullopt;
+  return named("PolicyDenied", std::string("only the owner (uid ") + std::to_string(owner) + ") or root may " +
+                                   action + " association " + std::to_string(id));
+}
 
 // True if `name` is a syntactically valid D-Bus error name (at least two
 // dot-separated elements of [A-Za-z0-9_], none starting with a digit).

@@ -2,7 +2,10 @@
 // frees with T_free when it goes out of scope.
 #pragma once
 
+#include <openssl/err.h>
+
 #include <memory>
+#include <string>
 
 namespace tapsec::core {
 
@@ -16,5 +19,18 @@ struct OpenSslDeleter {
 
 template <typename T, auto FreeFunction>
 using OpenSslPtr = std::unique_ptr<T, OpenSslDeleter<FreeFunction>>;
+
+// Drains OpenSSL's error queue of this thread into one readable line.
+inline std::string take_openssl_errors() {
+  std::string text;
+  unsigned long code;
+  while ((code = ERR_get_error()) != 0) {
+    char buffer[256];
+    ERR_error_string_n(code, buffer, sizeof buffer);
+    if (!text.empty()) text += "; ";
+    text += buffer;
+  }
+  return text;
+}
 
 }  // namespace tapsec::core

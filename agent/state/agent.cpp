@@ -15,6 +15,7 @@
 #include <cstring>
 #include <thread>
 
+#include "agent/bus/errors.h"
 #include "agent/core/log.h"
 #include "agent/kernel/ktls.h"
 #include "agent/kernel/socket_info.h"
@@ -25,10 +26,8 @@ namespace {
 
 constexpr std::uint8_t kKeyUpdateMessage = 24;  // RFC 8446 §4.6.3
 
-std::string error_name(const char* short_name) { return std::string(bus::kErrorPrefix) + short_name; }
-
 bus::BusError make_error(const char* short_name, std::string message) {
-  return bus::BusError{error_name(short_name), std::move(message)};
+  return bus::error::named(short_name, std::move(message));
 }
 
 std::uint64_t now_usec() {
@@ -641,10 +640,7 @@ std::optional<bus::AssociationInfo> Agent::association(std::uint64_t id) const {
 
 std::optional<bus::BusError> Agent::authorize(const bus::CallerCredentials& caller, const Association& association,
                                               const char* action) const {
-  if (caller.uid == 0 || caller.uid == association.info.owner_uid) return std::nullopt;
-  return make_error("PolicyDenied", std::string("only the owner (uid ") + std::to_string(association.info.owner_uid) +
-                                        ") or root may " + action + " association " +
-                                        std::to_string(association.info.id));
+  return bus::error::check_owner(caller, association.info.owner_uid, association.info.id, action);
 }
 
 std::optional<bus::BusError> Agent::update_keys(const bus::CallerCredentials& caller, std::uint64_t id,

@@ -25,7 +25,7 @@ using ikev2::Endpoint;
 using ikev2::IpAddress;
 
 bus::BusError make_error(const char* short_name, std::string message) {
-  return bus::BusError{std::string(bus::kErrorPrefix) + short_name, std::move(message)};
+  return bus::error::named(short_name, std::move(message));
 }
 
 std::uint64_t wall_usec() {
@@ -310,8 +310,8 @@ struct IkeService::Impl : ikev2::ConfigSelector {
     core::log::info(e.is_rekey ? "Child SA rekeyed" : "Child SA installed",
                     {{"id", std::to_string(child.association_id)}, {"tunnel", e.config_name},
                      {"in", hex_spi(e.inbound_spi, 8)}, {"out", hex_spi(e.outbound_spi, 8)},
-                     {"local_ts", texts(e.local_ts).empty() ? "" : texts(e.local_ts).front()},
-                     {"remote_ts", texts(e.remote_ts).empty() ? "" : texts(e.remote_ts).front()}});
+                     {"local_ts", e.local_ts.empty() ? "" : e.local_ts.front().to_string()},
+                     {"remote_ts", e.remote_ts.empty() ? "" : e.remote_ts.front().to_string()}});
     std::uint64_t id = child.association_id;
     after.push_back([this, id, is_new, epoch = e.epoch] {
       if (!publisher) return;
@@ -933,21 +933,14 @@ std::optional<bus::AssociationInfo> IkeService::association(std::uint64_t id) co
   return info;
 }
 
-namespace {
-std::optional<bus::BusError> authorize(const bus::CallerCredentials& caller, uid_t owner, std::uint64_t id,
-                                       const char* action) {
-  if (caller.uid == 0 || caller.uid == owner) return std::nullopt;
-  return make_error("PolicyDenied", std::string("only the owner (uid ") + std::to_string(owner) + ") or root may " +
-                                        action + " association " + std::to_string(id));
-}
-}  // namespace
+using bus::error::check_owner;
 
 std::optional<bus::BusError> IkeService::update_keys(const bus::CallerCredentials& caller, std::uint64_t id) {
   Impl& s = *impl_;
   auto where = s.by_association.find(id);
   if (where == s.by_association.end()) return make_error("NoSuchAssociation", "no association " + std::to_string(id));
   auto [sa_id, child_id] = where->second;
-  if (auto denied = authorize(caller, s.sas[sa_id].owner_uid, id, "rekey")) return denied;
+  if (auto denied = check_owner(caller, s.sas[sa_id].owner_uid, id, "rekey")) return denied;
   auto now = ikev2::Clock::now();
   bool accepted = child_id ? s.engine->rekey_child(sa_id, child_id, now) : s.engine->rekey_ike(sa_id, now);
   s.pump();
@@ -963,7 +956,7 @@ std::variant<std::vector<std::uint8_t>, bus::BusError> IkeService::export_keying
   if (where == s.by_association.end()) return make_error("NoSuchAssociation", "no association " + std::to_string(id));
   auto [sa_id, child_id] = where->second;
   const Impl::SaRecord& sa = s.sas[sa_id];
-  if (auto denied = authorize(caller, sa.owner_uid, id, "export keys of")) return *denied;
+  if (auto denied = check_owner(caller, sa.owner_uid, id, "export keys of")) return *denied;
   if (child_id) return make_error("NotSupported", "keys are exported from the IKE SA, not from its Child SAs");
   if (!context.empty()) return make_error("InvalidArgument", "IKE exports take no context (pass an empty one)");
   if (length == 0 || length > 1024) return make_error("InvalidArgument", "length must be between 1 and 1024");
@@ -979,7 +972,7 @@ std::optional<bus::BusError> IkeService::terminate(const bus::CallerCredentials&
   auto where = s.by_association.find(id);
   if (where == s.by_association.end()) return make_error("NoSuchAssociation", "no association " + std::to_string(id));
   auto [sa_id, child_id] = where->second;
-  if (auto denied = authorize(caller, s.sas[sa_id].owner_uid, id, "terminate")) return denied;
+  if (auto denied = check_owner(caller, s.sas[sa_id].owner_uid, id, "terminate")) return denied;
   auto now = ikev2::Clock::now();
   bool accepted = child_id ? s.engine->delete_child(sa_id, child_id, now) : s.engine->close(sa_id, now);
   s.pump();

@@ -26,9 +26,6 @@ namespace tapsec::state {
 struct IkeOptions {
   std::uint16_t ike_port = 500;    // 0: IKE is off
   std::uint16_t nat_t_port = 4500;
-  // How often Child SA counters are read for the bus (they are read on
-  // demand as well).
-  std::chrono::milliseconds counter_interval{5000};
 };
 
 class IkeService {

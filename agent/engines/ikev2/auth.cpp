@@ -50,14 +50,7 @@ constexpr std::uint16_t kHashSha512 = 4;
 constexpr std::string_view kKeyPad = "Key Pad for IKEv2";
 
 std::string openssl_errors() {
-  std::string text;
-  unsigned long code;
-  while ((code = ERR_get_error()) != 0) {
-    char buffer[256];
-    ERR_error_string_n(code, buffer, sizeof buffer);
-    if (!text.empty()) text += "; ";
-    text += buffer;
-  }
+  std::string text = core::take_openssl_errors();
   return text.empty() ? "unknown OpenSSL error" : text;
 }
 

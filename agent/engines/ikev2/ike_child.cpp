@@ -178,15 +178,6 @@ std::vector<Proposal> esp_offers(const SecurityAssociationPayload& sa, bool keep
 
 std::chrono::milliseconds retry_delay() { return std::chrono::milliseconds{2000 + random_u64() % 3000}; }
 
-// How long a pair the peer is expected to delete stays before we do it.
-std::chrono::milliseconds delete_grace(const RetransmitSettings& settings) {
-  double total = 0, timeout = static_cast<double>(settings.initial_timeout.count());
-  for (unsigned i = 0; i <= settings.tries; ++i) {
-    total += timeout;
-    timeout *= std::max(1.0, settings.backoff);
-  }
-  return std::chrono::milliseconds{static_cast<std::int64_t>(2 * total) + 1000};
-}
 
 }  // namespace
 
@@ -514,7 +505,7 @@ std::vector<Payload> IkeEngine::Impl::handle_create_child_request(IkeSa& sa, con
     // Both ends rekey this child: decided when our response arrives.
     rekeyed->collided = CollidedRekey{pair, nonce->data, nonce_r};
   } else {
-    assoc.retired.push_back(RetiredPair{rekeyed->id, rekeyed->current, false, false, now + delete_grace(sa.retransmit)});
+    assoc.retired.push_back(RetiredPair{rekeyed->id, rekeyed->current, false, false, now + retired_grace(sa.retransmit)});
     rekeyed->current = pair;
     rekeyed->rekeying = false;
     schedule_child(*rekeyed, now);
@@ -532,7 +523,7 @@ void IkeEngine::Impl::handle_create_child_response(IkeSa& sa, const std::vector<
   auto adopt_collided = [&](Child& c) {
     // The peer's rekey is the only one: its pair replaces ours, and the
     // peer deletes the old pair.
-    assoc.retired.push_back(RetiredPair{c.id, c.current, false, false, now + delete_grace(sa.retransmit)});
+    assoc.retired.push_back(RetiredPair{c.id, c.current, false, false, now + retired_grace(sa.retransmit)});
     c.current = c.collided->pair;
     c.collided.reset();
     schedule_child(c, now);
@@ -619,7 +610,7 @@ void IkeEngine::Impl::handle_create_child_response(IkeSa& sa, const std::vector<
   if (child->collided) {
     // The peer deletes its losing pair.
     assoc.retired.push_back(
-        RetiredPair{child->id, child->collided->pair, false, false, now + delete_grace(sa.retransmit)});
+        RetiredPair{child->id, child->collided->pair, false, false, now + retired_grace(sa.retransmit)});
     child->collided.reset();
   }
   child->current = pair;

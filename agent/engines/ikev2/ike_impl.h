@@ -6,7 +6,9 @@
 // rekeying; ike_informational.cpp: Delete, liveness, MOBIKE.
 #pragma once
 
+#include <algorithm>
 #include <array>
+#include <chrono>
 #include <span>
 #include <string>
 #include <vector>
@@ -15,6 +17,18 @@
 #include "agent/engines/ikev2/ike_state.h"
 
 namespace tapsec::ikev2 {
+
+// How long an SA the peer is expected to delete (a rekeyed-away pair, a
+// retired IKE SA) stays before we delete it ourselves: twice the longest a
+// peer may retransmit, and a second more.
+inline std::chrono::milliseconds retired_grace(const RetransmitSettings& settings) {
+  double total = 0, timeout = static_cast<double>(settings.initial_timeout.count());
+  for (unsigned i = 0; i <= settings.tries; ++i) {
+    total += timeout;
+    timeout *= std::max(1.0, settings.backoff);
+  }
+  return std::chrono::milliseconds{static_cast<std::int64_t>(2 * total) + 1000};
+}
 
 struct NatDetection {
   bool present = false;  // the peer sent NAT_DETECTION_*_IP

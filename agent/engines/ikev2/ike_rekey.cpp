@@ -16,14 +16,6 @@ std::vector<Proposal> ike_offers_with_spi(const SecurityAssociationPayload& sa) 
   return out;
 }
 
-std::chrono::milliseconds retired_grace(const RetransmitSettings& settings) {
-  double total = 0, timeout = static_cast<double>(settings.initial_timeout.count());
-  for (unsigned i = 0; i <= settings.tries; ++i) {
-    total += timeout;
-    timeout *= std::max(1.0, settings.backoff);
-  }
-  return std::chrono::milliseconds{static_cast<std::int64_t>(2 * total) + 1000};
-}
 
 }  // namespace
 

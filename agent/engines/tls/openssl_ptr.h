@@ -33,17 +33,6 @@ using EvpKdfCtxPtr = OpenSslPtr<EVP_KDF_CTX, EVP_KDF_CTX_free>;
 inline void free_x509_stack(STACK_OF(X509) * chain) { sk_X509_pop_free(chain, X509_free); }
 using X509StackPtr = OpenSslPtr<STACK_OF(X509), free_x509_stack>;
 
-// Drains OpenSSL's error queue of this thread into one readable line.
-inline std::string take_openssl_errors() {
-  std::string text;
-  unsigned long code;
-  while ((code = ERR_get_error()) != 0) {
-    char buffer[256];
-    ERR_error_string_n(code, buffer, sizeof buffer);
-    if (!text.empty()) text += "; ";
-    text += buffer;
-  }
-  return text;
-}
+using core::take_openssl_errors;
 
 }  // namespace tapsec::tls::detail
