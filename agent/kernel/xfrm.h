@@ -120,6 +120,8 @@ struct ExpireEvent {
   IpAddress destination;
   std::uint32_t spi = 0;
   bool hard = false;
+  std::uint64_t packets = 0;          // carried so far
+  std::uint64_t hard_packet_limit = 0;  // 0: none (the kernel's "infinity")
 };
 struct MappingEvent {  // NAT mapping of a UDP-encapsulated SA changed
   std::uint32_t spi = 0;

@@ -729,6 +729,8 @@ Result<std::optional<Event>> read_event(const nlmsghdr* message) {
       event.destination = from_xfrm_address(expire.state.id.daddr, expire.state.family);
       event.spi = ntohl(expire.state.id.spi);
       event.hard = expire.hard != 0;
+      event.packets = expire.state.curlft.packets;
+      event.hard_packet_limit = expire.state.lft.hard_packet_limit == XFRM_INF ? 0 : expire.state.lft.hard_packet_limit;
       return R::success(Event{event});
     }
     case XFRM_MSG_MAPPING: {

@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cinttypes>
 #include <cstdio>
+#include <limits>
 
 #include "agent/bus/errors.h"
 #include "agent/core/log.h"
@@ -524,6 +525,19 @@ struct IkeService::Impl : ikev2::ConfigSelector {
     entry.trap_selectors.clear();
   }
 
+  // KeyExpiring for a Child SA counts ESP packets; with no packet limit
+  // (only a time limit) what remains is unbounded, 2^64-1.
+  void announce_key_expiring(ikev2::IkeSaId sa_id, ikev2::ChildSaId child_id, const xfrm::ExpireEvent& expire) {
+    auto sa = sas.find(sa_id);
+    if (!publisher || sa == sas.end()) return;
+    auto child = sa->second.children.find(child_id);
+    if (child == sa->second.children.end() || child->second.association_id == 0) return;
+    std::uint64_t remaining = std::numeric_limits<std::uint64_t>::max();
+    if (expire.hard_packet_limit != 0)
+      remaining = expire.hard_packet_limit > expire.packets ? expire.hard_packet_limit - expire.packets : 0;
+    publisher->key_expiring(child->second.association_id, remaining);
+  }
+
   void on_kernel_events() {
     auto events = kernel_events->read();
     if (!events) {
@@ -535,10 +549,12 @@ struct IkeService::Impl : ikev2::ConfigSelector {
       if (auto* expire = std::get_if<xfrm::ExpireEvent>(&event)) {
         auto found = engine->find_child_by_spi(expire->spi);
         if (!found) continue;
-        if (expire->hard)
+        if (expire->hard) {
           engine->delete_child(found->first, found->second, now);
-        else
+        } else {
+          announce_key_expiring(found->first, found->second, *expire);
           engine->rekey_child(found->first, found->second, now);
+        }
       } else if (auto* acquire = std::get_if<xfrm::AcquireEvent>(&event)) {
         for (auto& [name, entry] : tunnels) {
           if (!entry.trap_reqid || entry.trap_reqid != acquire->reqid) continue;

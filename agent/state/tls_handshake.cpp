@@ -215,7 +215,14 @@ void TlsHandshake::enter_ticket_window() {
   phase_ = Phase::Tickets;
   ticket_timer_ = reactor_.add_timer(window, [this] {
     ticket_timer_ = 0;
-    finish_after_flush();
+    // Tickets may already sit in the socket while their readiness is still
+    // unreported (the reactor fires due timers after one pass of completions,
+    // and on loopback the server may have answered within that pass). Take
+    // them now: once the kernel owns the receive side, a ticket left behind
+    // reaches the application as EIO.
+    auto alive = alive_;
+    read_records();
+    if (*alive && phase_ == Phase::Tickets) finish_after_flush();
   });
   read_records();
 }

@@ -287,6 +287,8 @@ TEST(XfrmCodec, ReadsExpireAndMappingAndSkipsOthers) {
   expire.state.id.spi = htonl(0xc1234567);
   expire.state.family = AF_INET6;
   expire.hard = 1;
+  expire.state.curlft.packets = 990;
+  expire.state.lft.hard_packet_limit = 1000;
   ASSERT_EQ(nlmsg_append(expire_message.get(), &expire, sizeof expire, NLMSG_ALIGNTO), 0);
   auto event = detail::read_event(nlmsg_hdr(expire_message.get()));
   ASSERT_TRUE(event && event.value());
@@ -294,6 +296,8 @@ TEST(XfrmCodec, ReadsExpireAndMappingAndSkipsOthers) {
   EXPECT_EQ(parsed.destination.to_string(), "2001:db8::2");
   EXPECT_EQ(parsed.spi, 0xc1234567u);
   EXPECT_TRUE(parsed.hard);
+  EXPECT_EQ(parsed.packets, 990u);
+  EXPECT_EQ(parsed.hard_packet_limit, 1000u);
 
   NlMsgPtr mapping_message(nlmsg_alloc_simple(XFRM_MSG_MAPPING, 0));
   xfrm_user_mapping mapping{};

@@ -86,7 +86,8 @@ tapsec_ctl() {
 #   cert=PEM key=PEM ca=PEM     written as [Identity NAME-id] and [TrustStore NAME-ca]
 swan_policy_order=(Name Protocol Peer LocalAddress Port LocalId RemoteId Auth PSK Identity TrustStore LocalTS
                    RemoteTS Mode IKEProposals ESPProposals RekeyGroup Start RekeyTime LifeTime RekeyBytes
-                   LifeBytes IKERekeyTime DPD MOBIKE Fragmentation ForceEncapsulation ReplayWindow)
+                   LifeBytes RekeyPackets LifePackets IKERekeyTime DPD MOBIKE Fragmentation ForceEncapsulation
+                   ReplayWindow)
 tapsec_policy_tunnel() {
   local dir=$1 name=$2
   shift 2
@@ -98,7 +99,8 @@ tapsec_policy_tunnel() {
       cert) cert=${kv#*=} ;;
       key) key=${kv#*=} ;;
       ca) ca=${kv#*=} ;;
-      *) t[${kv%%=*}]=${kv#*=} ;;
+      *) [[ " ${swan_policy_order[*]} " == *" ${kv%%=*} "* ]] || ike_fail "tapsec_policy_tunnel: unknown key ${kv%%=*}"
+         t[${kv%%=*}]=${kv#*=} ;;
     esac
   done
   local file=$dir/policy.d/50-$name.policy grants
