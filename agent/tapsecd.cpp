@@ -26,6 +26,9 @@ void usage(FILE* out) {
       "  --policy-dir DIR               policy drop-in directory (default: /etc/tapsec/policy.d)\n"
       "  --ike-port PORT                UDP port for IKE (default 500; 0 turns IKE off)\n"
       "  --nat-t-port PORT              UDP port for IKE and ESP behind NAT (default 4500)\n"
+      "  --wg-exchange-port PORT        TCP port for peer agents' WireGuard PSK exchange\n"
+      "                                 (default 51821; 0: initiate only)\n"
+      "  --wireguard-go PROGRAM         userspace WireGuard for Fallback=yes tunnels (default wireguard-go)\n"
       "  --log-level debug|info|notice|warning|error\n"
       "  --version\n",
       out);
@@ -42,21 +45,25 @@ int main(int argc, char** argv) {
       {"bus", required_argument, nullptr, 'b'},     {"policy-dir", required_argument, nullptr, 'p'},
       {"log-level", required_argument, nullptr, 'l'}, {"version", no_argument, nullptr, 'V'},
       {"ike-port", required_argument, nullptr, 'i'}, {"nat-t-port", required_argument, nullptr, 'n'},
+      {"wg-exchange-port", required_argument, nullptr, 'w'}, {"wireguard-go", required_argument, nullptr, 'g'},
       {"help", no_argument, nullptr, 'h'},          {nullptr, 0, nullptr, 0}};
   int c;
   while ((c = getopt_long(argc, argv, "h", long_options, nullptr)) != -1) {
     switch (c) {
       case 'b': bus_spec = optarg; break;
       case 'p': options.policy_dir = optarg; break;
+      case 'g': options.wireguard.userspace_program = optarg; break;
       case 'i':
-      case 'n': {
+      case 'n':
+      case 'w': {
         char* end = nullptr;
         unsigned long port = std::strtoul(optarg, &end, 10);
         if (!*optarg || *end || port > 65535) {
           std::fprintf(stderr, "tapsecd: \"%s\" is not a port\n", optarg);
           return 2;
         }
-        (c == 'i' ? options.ike.ike_port : options.ike.nat_t_port) = static_cast<std::uint16_t>(port);
+        auto& target = c == 'i' ? options.ike.ike_port : c == 'n' ? options.ike.nat_t_port : options.wireguard.exchange_port;
+        target = static_cast<std::uint16_t>(port);
         break;
       }
       case 'l': {

@@ -87,6 +87,12 @@ struct AssociationInfo {
   std::string inbound_spi, outbound_spi;  // hex, "0xc2a3e1f0" (IKE: 16 hex digits each)
   std::string encapsulation;              // "" | "udp"
   std::uint64_t packets_sent = 0, packets_received = 0;
+  // WireGuard (empty for TLS and IPsec): a link ("interface") is the parent
+  // of its peers ("peer").
+  std::string interface_name;
+  std::string public_key, peer_public_key;  // base64
+  std::uint16_t listen_port = 0;
+  std::uint64_t last_handshake_usec = 0;  // 0 = never
 };
 
 // The a{sv} props of EstablishTunnel (see dbus/API.md).
@@ -165,6 +171,10 @@ class Backend {
     done(BusError{std::string(kErrorPrefix) + "NotSupported", "this agent runs no tunnels"});
   }
   virtual std::vector<TunnelInfo> tunnels() const { return {}; }
+  // The base64 public key of a WireGuard identity (GetPublicKey).
+  virtual std::variant<std::string, BusError> public_key(const std::string& identity) {
+    return BusError{std::string(kErrorPrefix) + "NoSuchIdentity", "no WireGuard identity named \"" + identity + "\""};
+  }
 
   virtual std::uint32_t flush_session_cache(const CallerCredentials& caller) = 0;
   // The writable Manager property SessionCacheCapacity; the bus layer lets

@@ -199,6 +199,7 @@ int guarded(sd_bus_error* ret_error, Body&& body) {
 struct ParentPath {};
 using AssociationField = std::variant<std::string AssociationInfo::*, std::uint64_t AssociationInfo::*,
                                       bool AssociationInfo::*, uid_t AssociationInfo::*,
+                                      std::uint16_t AssociationInfo::*,
                                       std::vector<std::string> AssociationInfo::*, ParentPath>;
 
 struct AssociationProperty {
@@ -239,6 +240,11 @@ const AssociationProperty kAssociationProperties[] = {
     {"Encapsulation", &AssociationInfo::encapsulation},
     {"PacketsSent", &AssociationInfo::packets_sent},
     {"PacketsReceived", &AssociationInfo::packets_received},
+    {"Interface", &AssociationInfo::interface_name},
+    {"PublicKey", &AssociationInfo::public_key},
+    {"PeerPublicKey", &AssociationInfo::peer_public_key},
+    {"ListenPort", &AssociationInfo::listen_port},
+    {"LastHandshake", &AssociationInfo::last_handshake_usec},
 };
 
 int append_association_property(sd_bus_message* reply, const AssociationInfo& info, const AssociationField& field) {
@@ -258,6 +264,10 @@ int append_association_property(sd_bus_message* reply, const AssociationInfo& in
     int operator()(uid_t AssociationInfo::*f) const {
       std::uint32_t value = info.*f;
       return sd_bus_message_append_basic(reply, 'u', &value);
+    }
+    int operator()(std::uint16_t AssociationInfo::*f) const {
+      std::uint16_t value = info.*f;
+      return sd_bus_message_append_basic(reply, 'q', &value);
     }
     int operator()(std::vector<std::string> AssociationInfo::*f) const {
       int r = sd_bus_message_open_container(reply, 'a', "s");
@@ -389,6 +399,18 @@ struct BusService::Handlers {
       if ((r = sd_bus_message_close_container(reply.get())) < 0) return r;
       r = sd_bus_send(nullptr, reply.get(), nullptr);
       return r < 0 ? r : 1;
+    });
+  }
+
+  // A public key is no secret: anyone may ask.
+  static int get_public_key(sd_bus_message* m, void* userdata, sd_bus_error* ret_error) {
+    return guarded(ret_error, [&] {
+      const char* identity = nullptr;
+      int r = sd_bus_message_read(m, "s", &identity);
+      if (r < 0) return r;
+      auto key = self(userdata).backend_.public_key(identity);
+      if (auto* e = std::get_if<BusError>(&key)) return reply_error(m, *e);
+      return sd_bus_reply_method_return(m, "s", std::get<std::string>(key).c_str());
     });
   }
 
@@ -637,6 +659,8 @@ struct BusService::Handlers {
                               SD_BUS_RESULT("o", association), establish_tunnel, SD_BUS_VTABLE_UNPRIVILEGED),
       SD_BUS_METHOD_WITH_ARGS("ListTunnels", SD_BUS_NO_ARGS, SD_BUS_RESULT("a(ssssso)", tunnels), list_tunnels,
                               SD_BUS_VTABLE_UNPRIVILEGED),
+      SD_BUS_METHOD_WITH_ARGS("GetPublicKey", SD_BUS_ARGS("s", identity), SD_BUS_RESULT("s", public_key),
+                              get_public_key, SD_BUS_VTABLE_UNPRIVILEGED),
       SD_BUS_VTABLE_END,
     };
     return vtable;
@@ -683,6 +707,11 @@ struct BusService::Handlers {
       TAPSEC_ASSOCIATION_PROPERTY("Encapsulation", "s", SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
       TAPSEC_ASSOCIATION_PROPERTY("PacketsSent", "t", 0),
       TAPSEC_ASSOCIATION_PROPERTY("PacketsReceived", "t", 0),
+      TAPSEC_ASSOCIATION_PROPERTY("Interface", "s", SD_BUS_VTABLE_PROPERTY_CONST),
+      TAPSEC_ASSOCIATION_PROPERTY("PublicKey", "s", SD_BUS_VTABLE_PROPERTY_CONST),
+      TAPSEC_ASSOCIATION_PROPERTY("PeerPublicKey", "s", SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+      TAPSEC_ASSOCIATION_PROPERTY("ListenPort", "q", SD_BUS_VTABLE_PROPERTY_CONST),
+      TAPSEC_ASSOCIATION_PROPERTY("LastHandshake", "t", 0),
       SD_BUS_METHOD_WITH_ARGS("UpdateKeys", SD_BUS_ARGS("b", request_peer), SD_BUS_NO_RESULT,
                               update_keys, SD_BUS_VTABLE_UNPRIVILEGED),
       SD_BUS_METHOD_WITH_ARGS("ExportKeyingMaterial", SD_BUS_ARGS("s", label, "ay", context, "u", length),

@@ -111,10 +111,14 @@ Agent::Agent(core::Reactor& reactor, AgentOptions options, kernel::KernelCapabil
     std::string error;
     if (!ike_->start(&error)) core::log::warning("IKE is off", {{"reason", error}});
   }
+  wireguard_ = std::make_unique<WgService>(reactor_, options_.wireguard, capabilities_, [this] { return next_id_++; });
+  std::string error;
+  if (!wireguard_->start(&error)) core::log::warning("WireGuard exchange is not listening", {{"reason", error}});
 }
 
 Agent::~Agent() {
   ike_.reset();  // deletes the tunnels while the publisher may still listen
+  wireguard_.reset();
   if (liveness_timer_) reactor_.cancel_timer(liveness_timer_);
   for (auto& [id, pending] : connects_) {
     if (pending->watch) reactor_.unwatch(pending->watch);
@@ -132,6 +136,7 @@ bool Agent::load_policy(std::string* error) {
   }
   policy_ = std::move(std::get<policy::Policy>(loaded));
   ike_->apply_policy(policy_);
+  wireguard_->apply_policy(policy_);
   credentials_.clear();        // identities may have changed on disk,
   tls::flush_context_cache();  // and so may trust anchor files
   core::log::info("policy loaded", {{"dir", options_.policy_dir},
@@ -600,6 +605,7 @@ std::vector<std::uint64_t> Agent::association_ids() const {
   std::vector<std::uint64_t> ids;
   for (const auto& [id, a] : associations_) ids.push_back(id);
   for (auto id : ike_->association_ids()) ids.push_back(id);
+  for (auto id : wireguard_->association_ids()) ids.push_back(id);
   std::sort(ids.begin(), ids.end());
   return ids;
 }
@@ -607,17 +613,35 @@ std::vector<std::uint64_t> Agent::association_ids() const {
 void Agent::set_publisher(bus::Publisher* publisher) {
   publisher_ = publisher;
   ike_->set_publisher(publisher);
+  wireguard_->set_publisher(publisher);
 }
 
 void Agent::establish_tunnel(const bus::CallerCredentials& caller, const std::string& peer,
                              bus::TunnelProperties props, std::function<void(TunnelResult)> done) {
+  bool wireguard = std::find(props.protocols.begin(), props.protocols.end(), "wireguard") != props.protocols.end();
+  if (wireguard && props.protocols.size() != 1)
+    return done(make_error("InvalidArgument", "\"wireguard\" cannot be combined with other tunnel protocols"));
+  if (!wireguard && props.protocols.empty()) {
+    // A tunnel of the policy named without protocols runs its own protocol.
+    if (const auto* tunnel = policy_.tunnel(peer); tunnel && tunnel->protocol == "wireguard") wireguard = true;
+  }
+  if (wireguard) return wireguard_->establish_tunnel(caller, peer, std::move(props), std::move(done));
   ike_->establish_tunnel(caller, peer, std::move(props), std::move(done));
 }
 
-std::vector<bus::TunnelInfo> Agent::tunnels() const { return ike_->tunnels(); }
+std::vector<bus::TunnelInfo> Agent::tunnels() const {
+  auto out = ike_->tunnels();
+  for (auto& t : wireguard_->tunnels()) out.push_back(std::move(t));
+  return out;
+}
+
+std::variant<std::string, bus::BusError> Agent::public_key(const std::string& identity) {
+  return wireguard_->public_key(identity);
+}
 
 std::optional<bus::AssociationInfo> Agent::association(std::uint64_t id) const {
   if (ike_->owns(id)) return ike_->association(id);
+  if (wireguard_->owns(id)) return wireguard_->association(id);
   auto it = associations_.find(id);
   if (it == associations_.end()) return std::nullopt;
   auto info = it->second->info;
@@ -646,6 +670,7 @@ std::optional<bus::BusError> Agent::authorize(const bus::CallerCredentials& call
 std::optional<bus::BusError> Agent::update_keys(const bus::CallerCredentials& caller, std::uint64_t id,
                                                 bool request_peer) {
   if (ike_->owns(id)) return ike_->update_keys(caller, id);
+  if (wireguard_->owns(id)) return wireguard_->update_keys(caller, id);
   auto it = associations_.find(id);
   if (it == associations_.end()) return make_error("NoSuchAssociation", "no association " + std::to_string(id));
   auto& a = *it->second;
@@ -724,6 +749,8 @@ std::variant<std::vector<std::uint8_t>, bus::BusError> Agent::export_keying_mate
     const bus::CallerCredentials& caller, std::uint64_t id, const std::string& label,
     const std::vector<std::uint8_t>& context, std::uint32_t length) {
   if (ike_->owns(id)) return ike_->export_keying_material(caller, id, label, context, length);
+  if (wireguard_->owns(id))
+    return make_error("ExportDenied", "WireGuard associations export nothing: their PSKs stay in the agent and kernel");
   auto it = associations_.find(id);
   if (it == associations_.end()) return make_error("NoSuchAssociation", "no association " + std::to_string(id));
   auto& a = *it->second;
@@ -741,6 +768,7 @@ std::variant<std::vector<std::uint8_t>, bus::BusError> Agent::export_keying_mate
 
 std::optional<bus::BusError> Agent::terminate(const bus::CallerCredentials& caller, std::uint64_t id) {
   if (ike_->owns(id)) return ike_->terminate(caller, id);
+  if (wireguard_->owns(id)) return wireguard_->terminate(caller, id);
   auto it = associations_.find(id);
   if (it == associations_.end()) return make_error("NoSuchAssociation", "no association " + std::to_string(id));
   auto& a = *it->second;
@@ -809,6 +837,7 @@ bus::ManagerInfo Agent::manager_info() const {
   info.session_cache_entries = static_cast<std::uint32_t>(session_cache_->size());
   info.session_cache_capacity = static_cast<std::uint32_t>(session_cache_->capacity());
   info.statistics = ike_->statistics();
+  info.statistics.merge(wireguard_->statistics());
   return info;
 }
 

@@ -18,6 +18,7 @@
 #include "agent/kernel/socket_info.h"
 #include "agent/kernel/socket_locator.h"
 #include "agent/state/ike_service.h"
+#include "agent/state/wg_service.h"
 #include "agent/state/tls_handshake.h"
 #include "agent/state/userspace_channel.h"
 #include "tapsec/policy.h"
@@ -31,6 +32,7 @@ struct AgentOptions {
   // closed by their application.
   std::chrono::milliseconds liveness_interval{2000};
   IkeOptions ike;
+  WgOptions wireguard;
 };
 
 class Agent : public bus::Backend {
@@ -59,6 +61,7 @@ class Agent : public bus::Backend {
   void establish_tunnel(const bus::CallerCredentials& caller, const std::string& peer, bus::TunnelProperties props,
                         std::function<void(TunnelResult)> done) override;
   std::vector<bus::TunnelInfo> tunnels() const override;
+  std::variant<std::string, bus::BusError> public_key(const std::string& identity) override;
   bus::ManagerInfo manager_info() const override;
 
  private:
@@ -118,6 +121,7 @@ class Agent : public bus::Backend {
   std::map<std::uint64_t, std::unique_ptr<Association>> associations_;
   core::Reactor::Id liveness_timer_ = 0;
   std::unique_ptr<IkeService> ike_;  // after next_id_: it allocates association ids
+  std::unique_ptr<WgService> wireguard_;
 };
 
 }  // namespace tapsec::state

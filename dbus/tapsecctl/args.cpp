@@ -36,11 +36,15 @@ const char* const kUsage =
     "  tunnel up NAME|ADDRESS [--psk N] [--identity N] [--local-id ID] [--remote-id ID]\n"
     "            [--local-ts P]... [--remote-ts P]... [--mode tunnel|transport]\n"
     "            [--ike-proposal S]... [--esp-proposal S]... [--timeout-ms N]\n"
-    "                             Establish an IPsec tunnel (IKEv2): a tunnel named in the\n"
-    "                             policy, or a peer address with the options; prints the IKE SA\n"
+    "            [--protocol ikev2|wireguard]\n"
+    "                             Establish a tunnel: a tunnel named in the policy, or an IPsec\n"
+    "                             (IKEv2) peer address with the options; prints the IKE SA, or\n"
+    "                             the WireGuard interface\n"
     "  tunnels                    List the tunnels the policy defines and their state\n"
     "  sas                        IKE SAs with their Child SAs: identities, addresses,\n"
     "                             algorithms, SPIs, traffic selectors, counters, expiry\n"
+    "  wg [show]                  WireGuard interfaces and their peers, like `wg show`\n"
+    "  wg pubkey IDENTITY         The public key of a Type=wireguard identity (base64)\n"
     "\n"
     "Options:\n"
     "  --bus system|session|ADDRESS  Bus to talk to tapsecd on (default: system)\n"
@@ -85,6 +89,7 @@ const std::map<std::string, OptionSpec>& command_options() {
       {"ike-proposal", {true, {Command::TunnelUp}, true}},
       {"esp-proposal", {true, {Command::TunnelUp}, true}},
       {"timeout-ms", {true, {Command::TunnelUp}}},
+      {"protocol", {true, {Command::TunnelUp}}},
       {"export", {false, {Command::PolicyCheck}}},
       {"peer-validation", {true, {Command::PolicyCheck}}},
       {"offload", {true, {Command::PolicyCheck}}},
@@ -282,6 +287,17 @@ ParseResult parse_arguments(const std::vector<std::string>& args) {
     if (positional.size() < 2 || positional[1] != "up") return fail("'tunnel' needs a subcommand: tunnel up");
     inv.command = Command::TunnelUp;
     operands = 2;
+  } else if (command == "wg") {
+    // "wg" alone is "wg show"; "wg pubkey" takes the identity as its operand.
+    inv.command = Command::Wg;
+    if (positional.size() >= 2 && positional[1] == "show") {
+      operands = 2;
+    } else if (positional.size() >= 2 && positional[1] == "pubkey") {
+      inv.command = Command::WgPubkey;
+      operands = 2;
+    } else if (positional.size() >= 2) {
+      return fail("unknown 'wg' subcommand '" + positional[1] + "' (wg show, wg pubkey IDENTITY)");
+    }
   } else if (auto it = command_names().find(command); it != command_names().end()) {
     inv.command = it->second;
   } else {
@@ -300,10 +316,12 @@ ParseResult parse_arguments(const std::vector<std::string>& args) {
   const bool needs_id = inv.command == Command::Show || inv.command == Command::Terminate ||
                         inv.command == Command::UpdateKeys || inv.command == Command::Export;
   const bool needs_peer = inv.command == Command::TunnelUp;
-  const size_t expected = operands + (needs_id || needs_peer ? 1 : 0);
+  const bool needs_identity = inv.command == Command::WgPubkey;
+  const size_t expected = operands + (needs_id || needs_peer || needs_identity ? 1 : 0);
   if (positional.size() < expected)
-    return fail(needs_peer ? "'tunnel up' needs a tunnel name or a peer address"
-                           : "'" + command + "' needs an association ID");
+    return fail(needs_peer       ? "'tunnel up' needs a tunnel name or a peer address"
+                : needs_identity ? "'wg pubkey' needs the name of a Type=wireguard identity"
+                                 : "'" + command + "' needs an association ID");
   if (positional.size() > expected) return fail("unexpected argument '" + positional[expected] + "'");
   if (needs_id) {
     inv.association_path = association_path_from_argument(positional[operands]);
@@ -316,6 +334,10 @@ ParseResult parse_arguments(const std::vector<std::string>& args) {
   switch (inv.command) {
     case Command::UpdateKeys:
       inv.request_peer = has("request-peer");
+      break;
+    case Command::WgPubkey:
+      inv.wireguard_identity = positional[operands];
+      if (inv.wireguard_identity.empty()) return fail("'wg pubkey' needs the name of a Type=wireguard identity");
       break;
     case Command::Export: {
       if (!has("label")) return fail("export needs --label");
@@ -355,6 +377,10 @@ ParseResult parse_arguments(const std::vector<std::string>& args) {
       if (has("mode")) {
         t.mode = given["mode"];
         if (t.mode != "tunnel" && t.mode != "transport") return fail("--mode must be tunnel or transport");
+      }
+      if (has("protocol")) {
+        t.protocol = given["protocol"];
+        if (t.protocol != "ikev2" && t.protocol != "wireguard") return fail("--protocol must be ikev2 or wireguard");
       }
       if (has("timeout-ms")) {
         std::uint32_t timeout = 0;

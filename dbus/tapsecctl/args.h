@@ -23,6 +23,8 @@ enum class Command {
   TunnelUp,
   Tunnels,
   Sas,
+  Wg,        // wg [show]
+  WgPubkey,  // wg pubkey IDENTITY
   Help,
 };
 
@@ -51,6 +53,7 @@ struct PolicyCheckOptions {
 // sent, so the agent uses the policy tunnel's settings.
 struct TunnelUpOptions {
   std::string peer;  // a [Tunnel] name, an address or a host name
+  std::string protocol;  // --protocol: "ikev2" | "wireguard" | "" (the tunnel's own)
   std::string psk;
   std::string identity;
   std::string local_id;
@@ -74,6 +77,7 @@ struct Invocation {
   std::uint32_t length = 0;
   PolicyCheckOptions policy;
   TunnelUpOptions tunnel;
+  std::string wireguard_identity;  // wg pubkey
 };
 
 struct ParseResult {

@@ -494,6 +494,7 @@ int append_tunnel_props(sd_bus_message* m, const TunnelUpOptions& t) {
   const auto list_prop = [&](const char* key, const std::vector<std::string>& items) {
     if (r >= 0 && !items.empty()) r = append_prop(m, key, "as", [&] { return append_strings(m, items); });
   };
+  if (!t.protocol.empty()) list_prop("protocols", {t.protocol});
   string_prop("psk", t.psk);
   string_prop("identity", t.identity);
   string_prop("local-id", t.local_id);
@@ -553,7 +554,9 @@ int cmd_tunnel_up(Context& ctx) {
     json.end_object();
     ctx.out << json.str() << "\n";
   } else {
-    ctx.out << "Tunnel " << t.peer << " is up: IKE SA " << id << " (" << path << ")\n";
+    const bool wireguard = t.protocol == "wireguard";
+    ctx.out << "Tunnel " << t.peer << " is up: " << (wireguard ? "WireGuard interface, association " : "IKE SA ")
+            << id << " (" << path << ")\n";
   }
   return kExitSuccess;
 }
@@ -733,6 +736,220 @@ int cmd_sas(Context& ctx) {
             << property_text(orphan->props, "State") << ", SPIs " << property_text(orphan->props, "InboundSPI")
             << "_i " << property_text(orphan->props, "OutboundSPI") << "_o\n";
   if (ike_sas.empty() && orphans.empty()) ctx.out << "No IKE SAs.\n";
+  return kExitSuccess;
+}
+
+// ---------------------------------------------------------------------- wg
+
+// A WireGuard interface association with its peer associations.
+struct WireGuardLink {
+  const AssociationRow* link;
+  std::vector<const AssociationRow*> peers;
+};
+
+std::uint64_t now_usec() {
+  struct timespec ts {};
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return static_cast<std::uint64_t>(ts.tv_sec) * 1000000 + static_cast<std::uint64_t>(ts.tv_nsec) / 1000;
+}
+
+// Whole seconds between two µs timestamps, rounded to the nearest.
+std::uint64_t seconds_between(std::uint64_t earlier_usec, std::uint64_t later_usec) {
+  return later_usec > earlier_usec ? (later_usec - earlier_usec + 500000) / 1000000 : 0;
+}
+
+// "1 hour, 2 minutes, 5 seconds", as `wg show` writes durations.
+std::string duration_text(std::uint64_t seconds) {
+  static const std::pair<std::uint64_t, const char*> units[] = {
+      {365 * 24 * 3600, "year"}, {24 * 3600, "day"}, {3600, "hour"}, {60, "minute"}, {1, "second"}};
+  if (seconds == 0) return "0 seconds";
+  std::string text;
+  for (const auto& [size, name] : units) {
+    const std::uint64_t count = seconds / size;
+    seconds %= size;
+    if (count == 0) continue;
+    text += (text.empty() ? "" : ", ") + std::to_string(count) + " " + name + (count == 1 ? "" : "s");
+  }
+  return text;
+}
+
+// "1.20 KiB", as `wg show` writes transfer sizes.
+std::string wg_bytes_text(std::uint64_t bytes) {
+  static const char* units[] = {"KiB", "MiB", "GiB", "TiB"};
+  if (bytes < 1024) return std::to_string(bytes) + " B";
+  double value = static_cast<double>(bytes) / 1024;
+  int unit = 0;
+  while (value >= 1024 && unit < 3) {
+    value /= 1024;
+    unit++;
+  }
+  char text[32];
+  std::snprintf(text, sizeof(text), "%.2f %s", value, units[unit]);
+  return text;
+}
+
+// LocalAddress of an interface association: "a, b" -> {"a", "b"}.
+std::vector<std::string> split_addresses(const std::string& text) {
+  std::vector<std::string> items;
+  std::string item;
+  std::istringstream in(text);
+  while (std::getline(in, item, ',')) {
+    item.erase(0, item.find_first_not_of(' '));
+    item.erase(item.find_last_not_of(' ') + 1);
+    if (!item.empty()) items.push_back(item);
+  }
+  return items;
+}
+
+std::string psk_text(const PropertyList& peer, std::uint64_t now) {
+  const std::uint64_t epoch = property_number(peer, "KeyEpoch");
+  const std::uint64_t rotates = property_number(peer, "ExpiresAt");
+  // Epoch 0: the agents exchanged nothing; a static PSK and none look alike on the bus.
+  if (epoch == 0) return "static or none (not exchanged)";
+  std::string text = "epoch " + std::to_string(epoch);
+  if (rotates == 0) return text + ", not rotated";
+  if (rotates <= now) return text + ", rotation due";
+  return text + ", rotates in " + duration_text(seconds_between(now, rotates));
+}
+
+void print_wireguard_text(Context& ctx, const std::vector<WireGuardLink>& links) {
+  std::ostream& out = ctx.out;
+  const std::uint64_t now = now_usec();
+  for (const WireGuardLink& link : links) {
+    const PropertyList& p = link.link->props;
+    if (&link != &links.front()) out << "\n";
+    out << "interface: " << property_text(p, "Interface") << "  (tunnel " << property_text(p, "TunnelName")
+        << ", offload " << property_text(p, "Offload") << ", " << property_text(p, "State") << ")\n";
+    out << "  public key: " << property_text(p, "PublicKey") << "\n";
+    out << "  listening port: " << property_number(p, "ListenPort") << "\n";
+    const std::string addresses = property_text(p, "LocalAddress");
+    out << "  addresses: " << (addresses.empty() ? "(none)" : addresses) << "\n";
+    for (const AssociationRow* row : link.peers) {
+      const PropertyList& peer = row->props;
+      const std::string identity = property_text(peer, "PeerIdentity");
+      out << "\n  peer: " << property_text(peer, "PeerPublicKey") << (identity.empty() ? "" : "  (" + identity + ")")
+          << "\n";
+      const std::string endpoint = property_text(peer, "PeerAddress");
+      if (!endpoint.empty()) out << "    endpoint: " << endpoint << "\n";
+      std::string allowed;
+      for (const auto& prefix : property_strings(peer, "RemoteTrafficSelectors"))
+        allowed += (allowed.empty() ? "" : ", ") + prefix;
+      out << "    allowed ips: " << (allowed.empty() ? "(none)" : allowed) << "\n";
+      const std::uint64_t handshake = property_number(peer, "LastHandshake");
+      out << "    latest handshake: "
+          << (handshake == 0 ? "(none)" : duration_text(seconds_between(handshake, now)) + " ago") << "\n";
+      const std::uint64_t received = property_number(peer, "BytesReceived");
+      const std::uint64_t sent = property_number(peer, "BytesSent");
+      if (received != 0 || sent != 0)
+        out << "    transfer: " << wg_bytes_text(received) << " received, " << wg_bytes_text(sent) << " sent\n";
+      out << "    preshared key: " << psk_text(peer, now) << "\n";
+      out << "    state: " << property_text(peer, "State") << "\n";
+    }
+  }
+}
+
+void write_wireguard_json(JsonWriter& json, const std::vector<WireGuardLink>& links) {
+  json.begin_object();
+  json.key("interfaces");
+  json.begin_array();
+  for (const WireGuardLink& link : links) {
+    const PropertyList& p = link.link->props;
+    json.begin_object();
+    json.field("interface", property_text(p, "Interface"));
+    json.field("tunnel", property_text(p, "TunnelName"));
+    json.field("offload", property_text(p, "Offload"));
+    json.field("state", property_text(p, "State"));
+    json.field("public_key", property_text(p, "PublicKey"));
+    json.field("listen_port", property_number(p, "ListenPort"));
+    json.field("addresses", split_addresses(property_text(p, "LocalAddress")));
+    json.field("association", link.link->path);
+    json.key("peers");
+    json.begin_array();
+    for (const AssociationRow* row : link.peers) {
+      const PropertyList& peer = row->props;
+      json.begin_object();
+      json.field("public_key", property_text(peer, "PeerPublicKey"));
+      json.field("peer_identity", property_text(peer, "PeerIdentity"));
+      json.field("endpoint", property_text(peer, "PeerAddress"));
+      json.field("allowed_ips", property_strings(peer, "RemoteTrafficSelectors"));
+      json.field("latest_handshake", property_number(peer, "LastHandshake") / 1000000);
+      json.field("rx_bytes", property_number(peer, "BytesReceived"));
+      json.field("tx_bytes", property_number(peer, "BytesSent"));
+      json.field("psk_epoch", property_number(peer, "KeyEpoch"));
+      json.field("psk_rotates_at", property_number(peer, "ExpiresAt") / 1000000);
+      json.field("state", property_text(peer, "State"));
+      json.field("association", row->path);
+      json.end_object();
+    }
+    json.end_array();
+    json.end_object();
+  }
+  json.end_array();
+  json.end_object();
+}
+
+int cmd_wg(Context& ctx) {
+  BusError error;
+  std::vector<AssociationRow> rows;
+  int r = read_associations(ctx, rows, error);
+  if (r < 0) return report_bus_error(ctx, "listing associations", error, r);
+
+  const auto is_wireguard = [](const AssociationRow& row, const char* role) {
+    return property_text(row.props, "Protocol") == "wireguard" && property_text(row.props, "Role") == role;
+  };
+  std::vector<WireGuardLink> links;
+  for (const auto& row : rows)
+    if (is_wireguard(row, "interface")) links.push_back({&row, {}});
+  for (const auto& row : rows) {
+    if (!is_wireguard(row, "peer")) continue;
+    const std::string parent = property_text(row.props, "Parent");
+    auto it = std::find_if(links.begin(), links.end(), [&](const WireGuardLink& link) { return link.link->path == parent; });
+    // A peer whose interface is already gone is about to go too.
+    if (it != links.end()) it->peers.push_back(&row);
+  }
+
+  if (ctx.inv.json) {
+    JsonWriter json;
+    write_wireguard_json(json, links);
+    ctx.out << json.str() << "\n";
+    return kExitSuccess;
+  }
+  if (links.empty()) {
+    ctx.out << "No WireGuard interfaces.\n";
+    return kExitSuccess;
+  }
+  print_wireguard_text(ctx, links);
+  return kExitSuccess;
+}
+
+int cmd_wg_pubkey(Context& ctx) {
+  const std::string& identity = ctx.inv.wireguard_identity;
+  BusError error;
+  sd_bus_message* reply = nullptr;
+  int r = sd_bus_call_method(ctx.bus.get(), kBusName, kManagerPath, kManagerInterface, "GetPublicKey", error.get(),
+                             &reply, "s", identity.c_str());
+  MessagePtr owned(reply);
+  if (r < 0) {
+    if (error.name() == "org.tapsec1.Error.UnknownIdentity")
+      return report_error(ctx,
+                          "the policy has no WireGuard identity '" + identity +
+                              "' (an [Identity] section with Type=wireguard): " + error.message(),
+                          error.name());
+    return report_bus_error(ctx, "reading the public key of " + identity, error, r);
+  }
+  const char* key = nullptr;
+  r = sd_bus_message_read(reply, "s", &key);
+  if (r < 0 || !key) return report_error(ctx, "the agent's reply could not be read");
+  if (ctx.inv.json) {
+    JsonWriter json;
+    json.begin_object();
+    json.field("identity", identity);
+    json.field("public_key", std::string(key));
+    json.end_object();
+    ctx.out << json.str() << "\n";
+  } else {
+    ctx.out << key << "\n";
+  }
   return kExitSuccess;
 }
 
@@ -951,6 +1168,8 @@ int run(const Invocation& inv, std::ostream& out, std::ostream& err) {
     case Command::TunnelUp: return cmd_tunnel_up(ctx);
     case Command::Tunnels: return cmd_tunnels(ctx);
     case Command::Sas: return cmd_sas(ctx);
+    case Command::Wg: return cmd_wg(ctx);
+    case Command::WgPubkey: return cmd_wg_pubkey(ctx);
     default: break;
   }
   return report_error(ctx, "internal error: unhandled command");

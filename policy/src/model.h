@@ -98,6 +98,21 @@ struct PendingReference {
   std::string kind;  // "Identity" | "PSK" | "TrustStore" | "Tunnel"
   std::string name;
   std::string owner = "Rule";  // section type of the referring section: "Rule" | "Tunnel"
+  std::string key;             // the referring key, for messages ("" = kind + "=")
+  std::string identity_type;   // an Identity must be of this Type= ("" = any)
+  std::size_t psk_bytes = 0;   // a PSK must be exactly this long (0 = any)
+};
+
+// What a WireGuard tunnel sets for its whole interface; tunnels that share
+// an interface (one peer each) must agree on all of it.
+struct WireGuardInterface {
+  std::string tunnel;    // the first tunnel on it
+  std::string location;  // where that tunnel is defined
+  std::string wireguard_key;
+  std::uint16_t listen_port = 0;
+  std::vector<std::string> addresses;
+  std::uint32_t fwmark = 0;
+  bool fallback = false;
 };
 
 // Names declared so far, "name" -> "file:line"; kept apart from PolicyData so
@@ -109,6 +124,9 @@ struct Declarations {
   std::map<std::string, std::string> rules;
   std::map<std::string, std::string> tunnels;
   std::vector<PendingReference> references;
+  std::map<std::string, std::string> identity_types;  // identity -> its valid Type=
+  std::map<std::string, std::size_t> psk_sizes;        // PSK -> bytes of its valid key
+  std::map<std::string, WireGuardInterface> wireguard_interfaces;  // by interface name
 };
 
 // Parses one file's text into `data`, appending errors. References are not

@@ -14,6 +14,7 @@
 #include "policy/src/model.h"
 #include "policy/src/tunnel_values.h"
 #include "policy/src/values.h"
+#include "policy/src/wireguard_values.h"
 
 namespace tapsec::policy::detail {
 namespace {
@@ -29,7 +30,7 @@ struct SectionSpec {
 
 const std::vector<SectionSpec>& section_specs() {
   static const std::vector<SectionSpec> specs = {
-      {SectionType::Identity, "Identity", {"Description", "Certificate", "PrivateKey"}, {}},
+      {SectionType::Identity, "Identity", {"Description", "Type", "Certificate", "PrivateKey"}, {}},
       {SectionType::Psk, "PSK", {"Description", "Identity", "Key", "KeyFile"}, {}},
       {SectionType::TrustStore, "TrustStore", {"Description", "File", "IncludeSystem"}, {"File"}},
       {SectionType::Rule,
@@ -45,13 +46,27 @@ const std::vector<SectionSpec>& section_specs() {
        {"Description", "Name", "Protocol", "Peer", "LocalAddress", "Port", "LocalId", "RemoteId", "Auth", "PSK",
         "Identity", "TrustStore", "LocalTS", "RemoteTS", "Mode", "IKEProposals", "ESPProposals", "RekeyGroup",
         "Start", "RekeyTime", "LifeTime", "RekeyBytes", "LifeBytes", "RekeyPackets", "LifePackets",
-        "IKERekeyTime", "DPD", "ReplayWindow", "MOBIKE", "Fragmentation", "ForceEncapsulation", "Export"},
-       {"LocalTS", "RemoteTS", "IKEProposals", "ESPProposals"}},
+        "IKERekeyTime", "DPD", "ReplayWindow", "MOBIKE", "Fragmentation", "ForceEncapsulation", "Export",
+        "Interface", "WireGuardKey", "ListenPort", "ExchangePort", "Address", "AllowedIPs", "PeerPublicKey",
+        "PSKRotation", "Keepalive", "FwMark", "Fallback"},
+       {"LocalTS", "RemoteTS", "IKEProposals", "ESPProposals", "Address", "AllowedIPs"}},
   };
   return specs;
 }
 
 // Keys of a Rule that grant something; meaningless in a deny rule.
+// [Tunnel] keys that only one protocol has; the other reports them.
+constexpr std::string_view kIkeOnlyKeys[] = {
+    "LocalAddress", "LocalId", "Auth", "LocalTS", "RemoteTS", "Mode", "IKEProposals", "ESPProposals", "RekeyGroup",
+    "RekeyTime", "LifeTime", "RekeyBytes", "LifeBytes", "RekeyPackets", "LifePackets", "IKERekeyTime", "DPD",
+    "ReplayWindow", "MOBIKE", "Fragmentation", "ForceEncapsulation", "Export"};
+constexpr std::string_view kWireGuardOnlyKeys[] = {"Interface",   "WireGuardKey", "ListenPort", "ExchangePort",
+                                                   "Address",     "AllowedIPs",   "PeerPublicKey", "PSKRotation",
+                                                   "Keepalive",   "FwMark",       "Fallback"};
+
+// A static WireGuard preshared key is exactly this long.
+constexpr std::size_t kWireGuardPskBytes = 32;
+
 constexpr std::string_view kGrantKeys[] = {"Protocols",  "Ciphersuites", "Groups",         "SignatureAlgorithms",
                                            "Identities", "PSKs",         "TrustStore",     "PeerValidation",
                                            "Export",     "Fallback"};
@@ -105,6 +120,7 @@ class FileParser {
     std::size_t errors_before = 0;
     bool header_named = false;   // the name came from the header
     bool name_rejected = false;  // invalid or duplicate (already reported)
+    bool protocol_rejected = false;  // [Tunnel] with an unknown Protocol= (already reported)
     std::map<std::string, unsigned> lines;  // key -> first line it appeared on
     Identity identity;
     Psk psk;
@@ -240,13 +256,14 @@ class FileParser {
     const std::string header = "[" + std::string(section.spec->header) + " " + section.name + "]";
     switch (section.spec->type) {
       case SectionType::Identity:
-        if (!section.lines.count("Certificate")) error(section.line, header + " has no Certificate=");
-        if (!section.lines.count("PrivateKey")) error(section.line, header + " has no PrivateKey=");
+        finish_identity(section, header);
         break;
       case SectionType::Psk:
         if (!section.lines.count("Key") && !section.lines.count("KeyFile"))
           error(section.line, header + " needs Key= or KeyFile=");
         if (section.psk.identity.empty()) section.psk.identity = section.name;
+        if (!section.name.empty() && !section.psk.key.empty() && errors_.size() == section.errors_before)
+          declared_.psk_sizes[section.name] = section.psk.key.size();
         break;
       case SectionType::TrustStore:
         if (section.trust_store.files.empty() && !section.trust_store.include_system)
@@ -271,6 +288,24 @@ class FileParser {
     if (valid) commit(section);
     if (!section.psk.key.empty()) OPENSSL_cleanse(section.psk.key.data(), section.psk.key.size());
     section_.reset();
+  }
+
+  void finish_identity(Section& section, const std::string& header) {
+    Identity& identity = section.identity;
+    if (identity.type == "wireguard") {
+      const auto certificate = section.lines.find("Certificate");
+      if (certificate != section.lines.end())
+        error(certificate->second, "Certificate=: a Type=wireguard identity has no certificate, only its key "
+                                   "file (PrivateKey=)");
+      if (!section.lines.count("PrivateKey"))
+        error(section.line, header + " has no PrivateKey= (the file of its WireGuard private key; the agent "
+                                     "creates it when it does not exist)");
+    } else if (identity.type == "x509") {
+      if (!section.lines.count("Certificate")) error(section.line, header + " has no Certificate=");
+      if (!section.lines.count("PrivateKey")) error(section.line, header + " has no PrivateKey=");
+    }
+    // An unknown Type= is already reported; tunnels then do not check theirs.
+    if (!section.name.empty() && !identity.type.empty()) declared_.identity_types[section.name] = identity.type;
   }
 
   void commit(Section& section) {
@@ -370,7 +405,14 @@ class FileParser {
   }
 
   void identity_key(Section& section, std::string_view key, std::string_view value, unsigned line) {
-    if (key == "Certificate") {
+    if (key == "Type") {
+      if (value == "x509" || value == "wireguard") {
+        section.identity.type = std::string(value);
+      } else {
+        error(line, "Type=: '" + std::string(value) + "' is not an identity type (x509 or wireguard)");
+        section.identity.type.clear();
+      }
+    } else if (key == "Certificate") {
       if (auto path = absolute_path(key, value, line)) section.identity.certificate_file = std::move(*path);
     } else if (key == "PrivateKey") {
       if (auto path = absolute_path(key, value, line)) section.identity.key_file = std::move(*path);
@@ -445,7 +487,7 @@ class FileParser {
   }
 
   void refer(const Section& section, std::string_view kind, std::string_view name, unsigned line) {
-    declared_.references.push_back({file_, line, section.name, std::string(kind), std::string(name)});
+    declared_.references.push_back({file_, line, section.name, std::string(kind), std::string(name), "Rule", "", "", 0});
   }
 
   void rule_key(Section& section, std::string_view key, std::string_view value, unsigned line) {
@@ -635,9 +677,11 @@ class FileParser {
         declare(section, SectionType::Tunnel, value, line);
       }
     } else if (key == "Protocol") {
-      if (value == "ikev2") tunnel.protocol = "ikev2";
-      else if (value == "wireguard") bad("wireguard tunnels are not supported yet; only ikev2 is");
-      else bad("unknown tunnel protocol '" + std::string(value) + "' (only ikev2 is supported)");
+      if (value == "ikev2" || value == "wireguard") tunnel.protocol = std::string(value);
+      else {
+        bad("unknown tunnel protocol '" + std::string(value) + "' (ikev2 or wireguard)");
+        section.protocol_rejected = true;
+      }
     } else if (key == "Peer") {
       if (words.size() != 1 || !is_valid_peer(value))
         bad("'" + std::string(value) + "' is not an IP address, host name, or %any");
@@ -719,34 +763,113 @@ class FileParser {
       flag(tunnel.force_encapsulation);
     } else if (key == "Export") {
       flag(tunnel.export_allowed);
+    } else {
+      wireguard_key(section, key, value, line);
     }
+  }
+
+  // The keys of Protocol=wireguard tunnels.
+  void wireguard_key(Section& section, std::string_view key, std::string_view value, unsigned line) {
+    Tunnel& tunnel = section.tunnel;
+    std::string why;
+    const auto bad = [&](std::string reason) { error(line, std::string(key) + "=: " + reason); };
+    const auto port = [&](std::uint16_t& out) {
+      const auto range = parse_port_range(value, why);
+      if (!range || range->low != range->high) bad(range ? "expected one port, not a range" : why);
+      else out = range->low;
+    };
+
+    if (key == "Interface") {
+      if (is_valid_interface_name(value, why)) tunnel.interface_name = std::string(value);
+      else bad(why);
+    } else if (key == "WireGuardKey") {
+      if (split_words(value).size() != 1 || !is_valid_name(value))
+        bad("expected the name of one [Identity] with Type=wireguard, got '" + std::string(value) + "'");
+      else tunnel.wireguard_key = std::string(value);
+    } else if (key == "ListenPort") {
+      port(tunnel.listen_port);
+    } else if (key == "ExchangePort") {
+      port(tunnel.exchange_port);
+    } else if (key == "Address" || key == "AllowedIPs") {
+      const bool local = key == "Address";
+      for (std::string_view word : split_words(value)) {
+        auto parsed = local ? parse_interface_address(word, why) : parse_allowed_ip(word, why);
+        if (parsed) push_unique(local ? tunnel.addresses : tunnel.allowed_ips, std::move(*parsed));
+        else bad(why);
+      }
+    } else if (key == "PeerPublicKey") {
+      if (parse_wireguard_key(value, why)) tunnel.peer_public_key = std::string(value);
+      else bad(why);
+    } else if (key == "PSKRotation") {
+      if (auto seconds = parse_duration(value, why)) tunnel.psk_rotation_seconds = *seconds;
+      else bad(why);
+    } else if (key == "Keepalive") {
+      const auto seconds = parse_duration(value, why);
+      if (!seconds) bad(why);
+      else if (*seconds > 65535) bad("at most 65535 seconds");
+      else tunnel.keepalive_seconds = static_cast<std::uint16_t>(*seconds);
+    } else if (key == "FwMark") {
+      if (auto mark = parse_fwmark(value, why)) tunnel.fwmark = *mark;
+      else bad(why);
+    } else if (key == "Fallback") {
+      if (auto parsed = boolean(key, value, line)) tunnel.fallback = *parsed;
+    }
+  }
+
+  static unsigned line_of(const Section& section, std::string_view key) {
+    const auto it = section.lines.find(std::string(key));
+    return it == section.lines.end() ? section.line : it->second;
+  }
+
+  static bool given(const Section& section, std::string_view key) {
+    return section.lines.count(std::string(key)) > 0;
+  }
+
+  // A name the tunnel refers to, checked once every file is read.
+  void refer_from_tunnel(const Section& section, std::string_view kind, const std::string& target,
+                         std::string_view key, std::string identity_type = "", std::size_t psk_bytes = 0) {
+    if (target.empty()) return;
+    declared_.references.push_back({file_, line_of(section, key), section.name, std::string(kind), target, "Tunnel",
+                                    std::string(key), std::move(identity_type), psk_bytes});
   }
 
   // Checks that need the whole section; each error points at the key to fix.
   void finish_tunnel(Section& section) {
-    Tunnel& tunnel = section.tunnel;
-    const auto line_of = [&](std::string_view key) {
-      const auto it = section.lines.find(std::string(key));
-      return it == section.lines.end() ? section.line : it->second;
-    };
-    const auto given = [&](std::string_view key) { return section.lines.count(std::string(key)) > 0; };
     const std::string name = section.name.empty() ? std::string("[Tunnel]") : "[Tunnel " + section.name + "]";
     if (section.name.empty() && !section.name_rejected)
       error(section.line, "[Tunnel] has no name: give Name= (or write [Tunnel name])");
+    // Which keys belong and which are required depends on the protocol: not guessed.
+    if (section.protocol_rejected) return;
+    const bool wireguard = section.tunnel.protocol == "wireguard";
+    const auto refuse_keys = [&](const auto& keys, std::string_view wrong_for) {
+      for (std::string_view key : keys)
+        if (given(section, key))
+          error(line_of(section, key), std::string(key) + "= applies to " + (wireguard ? "ikev2" : "wireguard") +
+                                           " tunnels only; " + name + " has Protocol=" + std::string(wrong_for));
+    };
+    if (wireguard) {
+      refuse_keys(kIkeOnlyKeys, "wireguard");
+      finish_wireguard_tunnel(section, name);
+    } else {
+      refuse_keys(kWireGuardOnlyKeys, "ikev2");
+      finish_ike_tunnel(section, name);
+    }
+  }
+
+  void finish_ike_tunnel(Section& section, const std::string& name) {
+    Tunnel& tunnel = section.tunnel;
+    const auto line_of = [&](std::string_view key) { return FileParser::line_of(section, key); };
+    const auto given = [&](std::string_view key) { return FileParser::given(section, key); };
 
     if (tunnel.auth == "psk" && !given("PSK"))
       error(line_of("Auth"), name + ": Auth=psk needs PSK= naming a [PSK] section");
     if (tunnel.auth == "certificate" && !given("Identity"))
       error(line_of("Auth"), name + ": Auth=certificate needs Identity= naming an [Identity] section");
-    // Which names must exist is decided by Auth=; checked once every file is read.
-    const auto refer_to = [&](std::string_view kind, const std::string& target, std::string_view key) {
-      if (!target.empty())
-        declared_.references.push_back({file_, line_of(key), section.name, std::string(kind), target, "Tunnel"});
-    };
-    if (tunnel.auth == "psk") refer_to("PSK", tunnel.psk, "PSK");
+    // Which names must exist is decided by Auth=.
+    if (tunnel.auth == "psk") refer_from_tunnel(section, "PSK", tunnel.psk, "PSK");
     if (tunnel.auth == "certificate") {
-      refer_to("Identity", tunnel.identity, "Identity");
-      refer_to("TrustStore", tunnel.trust_store, "TrustStore");
+      refer_from_tunnel(section, "Identity", tunnel.identity, "Identity", "x509");
+      refer_from_tunnel(section, "TrustStore", tunnel.trust_store, "TrustStore");
     }
 
     const bool has_peer = !tunnel.peer.empty() && tunnel.peer != "%any";
@@ -770,7 +893,69 @@ class FileParser {
       error(line_of("LifePackets"), name + ": LifePackets= must be more than RekeyPackets=");
   }
 
+  void finish_wireguard_tunnel(Section& section, const std::string& name) {
+    Tunnel& tunnel = section.tunnel;
+    const auto line_of = [&](std::string_view key) { return FileParser::line_of(section, key); };
+    const auto given = [&](std::string_view key) { return FileParser::given(section, key); };
+
+    if (!given("Port")) tunnel.port = kWireGuardPort;
+    if (tunnel.interface_name.empty() && !given("Interface") && !section.name.empty())
+      tunnel.interface_name = default_interface_name(section.name);
+    // Identity= means the agents exchange keys with certificates; without it
+    // the preshared key, if any, is the static PSK=.
+    tunnel.auth = given("Identity") ? "certificate" : "psk";
+
+    if (!given("WireGuardKey"))
+      error(line_of("Protocol"), name + ": Protocol=wireguard needs WireGuardKey= naming an [Identity] with "
+                                        "Type=wireguard (this side's key pair)");
+    if (!given("AllowedIPs"))
+      error(line_of("Protocol"), name + ": Protocol=wireguard needs AllowedIPs= (the addresses routed to the peer)");
+    if (!given("PeerPublicKey") && !given("Identity"))
+      error(line_of("Protocol"), name + ": a wireguard tunnel needs PeerPublicKey= (a peer without an agent) or "
+                                        "Identity= (the agents exchange keys, authenticated by certificates)");
+    if (given("PSK") && given("Identity"))
+      error(line_of("PSK"), name + ": PSK= (a static preshared key) and Identity= (an agent exchange, which makes "
+                                   "and rotates the preshared key) exclude each other");
+    if (tunnel.start == "trap")
+      error(line_of("Start"), name + ": Start=trap is for ikev2 tunnels; a wireguard tunnel starts with none or boot");
+
+    refer_from_tunnel(section, "Identity", tunnel.wireguard_key, "WireGuardKey", "wireguard");
+    refer_from_tunnel(section, "Identity", tunnel.identity, "Identity", "x509");
+    refer_from_tunnel(section, "TrustStore", tunnel.trust_store, "TrustStore");
+    refer_from_tunnel(section, "PSK", tunnel.psk, "PSK", "", kWireGuardPskBytes);
+
+    if (!section.name.empty() && errors_.size() == section.errors_before) check_shared_interface(section, name);
+  }
+
+  // Each WireGuard tunnel is one link with one peer, and links need their
+  // own ports.
+  void check_shared_interface(const Section& section, const std::string& name) {
+    const Tunnel& tunnel = section.tunnel;
+    WireGuardInterface link{section.name,      location(section.line), tunnel.wireguard_key, tunnel.listen_port,
+                            tunnel.addresses, tunnel.fwmark,          tunnel.fallback};
+    auto& interfaces = declared_.wireguard_interfaces;
+    const auto existing = interfaces.find(tunnel.interface_name);
+    if (existing != interfaces.end()) {
+      error(line_of(section, "Interface"),
+            name + ": interface '" + tunnel.interface_name + "' is already tunnel '" + existing->second.tunnel +
+                "''s (" + existing->second.location +
+                "); each WireGuard tunnel has its own interface (one peer per link)");
+      return;
+    }
+    for (const auto& [interface_name, other] : interfaces) {
+      if (other.listen_port == link.listen_port) {
+        error(line_of(section, "ListenPort"),
+              name + ": ListenPort=" + std::to_string(link.listen_port) + " is already used by interface '" +
+                  interface_name + "' (tunnel '" + other.tunnel + "', " + other.location +
+                  "); each interface needs its own port");
+        return;
+      }
+    }
+    interfaces.emplace(tunnel.interface_name, std::move(link));
+  }
+
   static constexpr std::uint64_t kMaxReplayWindow = 4096;
+  static constexpr std::uint16_t kWireGuardPort = 51820;
 
   std::string_view text_;
   const std::string& file_;
@@ -800,14 +985,30 @@ void resolve_references(const Declarations& declared, std::vector<Error>& errors
                                  : ref.kind == "PSK"        ? declared.psks
                                  : ref.kind == "TrustStore" ? declared.trust_stores
                                                             : declared.tunnels;
-    if (declared_names.count(ref.name)) continue;
     std::string owner_lower = ref.owner;
     std::transform(owner_lower.begin(), owner_lower.end(), owner_lower.begin(),
                    [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
     const std::string rule = ref.rule.empty() ? "this " + owner_lower : ref.owner + " '" + ref.rule + "'";
-    errors.push_back({ref.file, ref.line,
-                      rule + " refers to " + ref.kind + " '" + ref.name + "', which is not defined (defined: " +
-                          names_of(declared_names) + ")"});
+    const std::string key = ref.key.empty() ? ref.kind : ref.key;
+    if (!declared_names.count(ref.name)) {
+      errors.push_back({ref.file, ref.line,
+                        rule + " refers to " + ref.kind + " '" + ref.name + "', which is not defined (defined: " +
+                            names_of(declared_names) + ")"});
+      continue;
+    }
+    // Types and sizes are known only of sections without errors of their own.
+    const auto type = declared.identity_types.find(ref.name);
+    if (ref.kind == "Identity" && !ref.identity_type.empty() && type != declared.identity_types.end() &&
+        type->second != ref.identity_type)
+      errors.push_back({ref.file, ref.line,
+                        rule + ": " + key + "= names Identity '" + ref.name + "' of Type=" + type->second +
+                            "; it needs an [Identity] with Type=" + ref.identity_type});
+    const auto size = declared.psk_sizes.find(ref.name);
+    if (ref.kind == "PSK" && ref.psk_bytes != 0 && size != declared.psk_sizes.end() && size->second != ref.psk_bytes)
+      errors.push_back({ref.file, ref.line,
+                        rule + ": PSK '" + ref.name + "' is " + std::to_string(size->second) +
+                            " bytes; a WireGuard preshared key must be exactly " + std::to_string(ref.psk_bytes) +
+                            " bytes"});
   }
 }
 

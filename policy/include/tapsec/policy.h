@@ -79,10 +79,14 @@ struct Decision {
 };
 
 // A named identity (IPK): certificate chain and private key, held by the agent.
+// Type=wireguard: a Curve25519 key pair for WireGuard; key_file holds the
+// private key in base64 (as `wg genkey` writes it) and the agent creates it,
+// mode 0600, when it does not exist yet. No certificate.
 struct Identity {
   std::string name;
-  std::string certificate_file;  // PEM chain, leaf first
-  std::string key_file;          // PEM private key
+  std::string type = "x509";     // "x509" | "wireguard"
+  std::string certificate_file;  // PEM chain, leaf first (x509 only)
+  std::string key_file;          // PEM private key, or the WireGuard key file
   std::string location;          // "file:line" where defined
 };
 
@@ -131,6 +135,23 @@ struct Tunnel {
   bool fragmentation = true;
   bool force_encapsulation = false;
   bool export_allowed = false;  // SSKE from SK_d
+
+  // Protocol=wireguard (see policy/README.md). `peer` is the peer's address
+  // or host name, `port` its WireGuard port (default 51820 there), `psk` a
+  // static PSK (32 bytes; no rotation), `identity`/`trust_store`/`remote_id`
+  // authenticate the agents' exchange. `start` is "none" or "boot".
+  std::string interface_name;                 // default "wg-" + name, at most 15 characters
+  std::string wireguard_key;                  // [Identity] of Type=wireguard (required)
+  std::uint16_t listen_port = 51820;
+  std::uint16_t exchange_port = 51821;        // the peer agent's exchange port (TCP)
+  std::vector<std::string> addresses;         // CIDR on the local interface, e.g. "10.9.0.1/24"
+  std::vector<std::string> allowed_ips;       // CIDR routed to the peer (required)
+  std::string peer_public_key;                // base64: a peer without an agent, no exchange
+  std::uint32_t psk_rotation_seconds = 120;   // 0 = keep the first exchanged PSK
+  std::uint16_t keepalive_seconds = 0;        // 0 = off
+  std::uint32_t fwmark = 0;
+  bool fallback = false;                      // wireguard-go where the kernel lacks WireGuard
+
   std::string location;         // "file:line"
 };
 

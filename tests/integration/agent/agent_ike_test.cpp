@@ -121,8 +121,8 @@ TEST_F(AgentIkeTest, EstablishTunnelNamesBadRequests) {
       {"to-beta", {{"mode", std::string("sideways")}}, "org.tapsec1.Error.InvalidArgument", "'mode'"},
       {"to-beta", {{"local-ts", std::vector<std::string>{"10.0.0.0/8;rm"}}}, "org.tapsec1.Error.InvalidArgument",
        "traffic selector"},
-      {"to-beta", {{"protocols", std::vector<std::string>{"wireguard"}}}, "org.tapsec1.Error.NotSupported",
-       "wireguard"},
+      {"to-beta", {{"protocols", std::vector<std::string>{"wireguard"}}}, "org.tapsec1.Error.InvalidArgument",
+       "runs ikev2, not wireguard"},
       {"forbidden", {}, "org.tapsec1.Error.PolicyDenied", "no-forbidden"},
       {"", {}, "org.tapsec1.Error.InvalidArgument", "empty"},
   };

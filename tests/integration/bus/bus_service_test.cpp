@@ -288,6 +288,10 @@ std::string read_variant_as_text(sd_bus_message* m) {
     std::uint32_t v;
     sd_bus_message_read_basic(m, 'u', &v);
     text += std::to_string(v);
+  } else if (signature == "q") {
+    std::uint16_t v;
+    sd_bus_message_read_basic(m, 'q', &v);
+    text += std::to_string(v);
   } else if (signature == "b") {
     int v;
     sd_bus_message_read_basic(m, 'b', &v);
@@ -851,6 +855,11 @@ TEST_F(BusServiceTest, AssociationObjectsAppearAndDisappear) {
       {"Encapsulation", "s:"},
       {"PacketsSent", "t:0"},
       {"PacketsReceived", "t:0"},
+      {"Interface", "s:"},
+      {"PublicKey", "s:"},
+      {"PeerPublicKey", "s:"},
+      {"ListenPort", "q:0"},
+      {"LastHandshake", "t:0"},
   };
   EXPECT_EQ(properties, expected);
 

@@ -75,6 +75,35 @@ PSKs=demo-link
 Action=allow
 POLICY
   chmod 600 "$d/40-tunnel.policy"
+  # A WireGuard tunnel to the other host: alpha starts the agents' exchange,
+  # beta answers it. wireguard-go carries it where the kernel has no
+  # WireGuard. Addresses 10.9.0.1 (alpha) and 10.9.0.2 (beta).
+  local number=1 other_number=2 peer_line="Peer=${HOST_ADDRESS[$other]}"
+  [[ $h == beta ]] && number=2 other_number=1 peer_line=""
+  cat >"$d/30-wireguard.policy" <<POLICY
+[Identity wg-$h]
+Type=wireguard
+PrivateKey=$HOSTS_DIR/$h/wireguard.key
+
+[Tunnel]
+Name=wg-to-$other
+Protocol=wireguard
+Interface=wg-$other
+WireGuardKey=wg-$h
+$peer_line
+Identity=$h
+TrustStore=demo-ca
+RemoteId=$other.test
+Address=10.9.0.$number/24
+AllowedIPs=10.9.0.$other_number/32
+PSKRotation=${WG_PSK_ROTATION:-120}
+Fallback=${TAPSEC_FALLBACK:-yes}
+
+[Rule demo-wireguard]
+MatchTunnel=wg-to-$other
+Protocols=wireguard
+Action=allow
+POLICY
 }
 
 hosts_up() {

@@ -202,6 +202,39 @@ TEST(Args, TunnelsAndSas) {
   EXPECT_FALSE(parse({"sas", "--psk", "x"}).invocation);
 }
 
+TEST(Args, WireGuard) {
+  auto r = parse({"wg"});
+  ASSERT_TRUE(r.invocation) << r.error;
+  EXPECT_EQ(r.invocation->command, Command::Wg);
+  r = parse({"wg", "show", "--json"});
+  ASSERT_TRUE(r.invocation) << r.error;
+  EXPECT_EQ(r.invocation->command, Command::Wg);
+  EXPECT_TRUE(r.invocation->json);
+  r = parse({"--json", "wg", "pubkey", "wg-host"});
+  ASSERT_TRUE(r.invocation) << r.error;
+  EXPECT_EQ(r.invocation->command, Command::WgPubkey);
+  EXPECT_EQ(r.invocation->wireguard_identity, "wg-host");
+  EXPECT_EQ(parse({"wg", "pubkey"}).error, "'wg pubkey' needs the name of a Type=wireguard identity");
+  EXPECT_EQ(parse({"wg", "pubkey", ""}).error, "'wg pubkey' needs the name of a Type=wireguard identity");
+  EXPECT_EQ(parse({"wg", "pubkey", "a", "b"}).error, "unexpected argument 'b'");
+  EXPECT_EQ(parse({"wg", "show", "x"}).error, "unexpected argument 'x'");
+  EXPECT_EQ(parse({"wg", "genkey"}).error, "unknown 'wg' subcommand 'genkey' (wg show, wg pubkey IDENTITY)");
+  EXPECT_EQ(parse({"wg", "--psk", "x"}).error, "option '--psk' does not apply to 'wg'");
+  EXPECT_EQ(parse({"wg", "--help"}).invocation->command, Command::Help);
+}
+
+TEST(Args, TunnelUpProtocol) {
+  auto r = parse({"tunnel", "up", "to-beta", "--protocol", "wireguard"});
+  ASSERT_TRUE(r.invocation) << r.error;
+  EXPECT_EQ(r.invocation->tunnel.protocol, "wireguard");
+  r = parse({"tunnel", "up", "branch", "--protocol=ikev2"});
+  ASSERT_TRUE(r.invocation) << r.error;
+  EXPECT_EQ(r.invocation->tunnel.protocol, "ikev2");
+  EXPECT_EQ(parse({"tunnel", "up", "branch"}).invocation->tunnel.protocol, "");
+  EXPECT_EQ(parse({"tunnel", "up", "x", "--protocol", "tls"}).error, "--protocol must be ikev2 or wireguard");
+  EXPECT_EQ(parse({"status", "--protocol", "wireguard"}).error, "option '--protocol' does not apply to 'status'");
+}
+
 TEST(Args, PolicyCheckTunnel) {
   // A tunnel supplies role, host, port and protocols; the caller is still needed.
   auto r = parse({"policy", "check", "--uid", "0", "--tunnel", "branch"});

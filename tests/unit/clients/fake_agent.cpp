@@ -5,6 +5,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <time.h>
+
 #include <cstring>
 
 namespace tapsec::testing {
@@ -127,6 +129,8 @@ int FakeAgent::on_connect(sd_bus_message* m, void* userdata, sd_bus_error* error
 int FakeAgent::on_list(sd_bus_message* m, void* userdata, sd_bus_error*) {
   auto* self = static_cast<FakeAgent*>(userdata);
   // Listed out of order on purpose: clients sort by id.
+  if (self->with_wireguard_)
+    return sd_bus_reply_method_return(m, "ao", 4, kWgSilentPeerPath, kAssociationPath, kWgInterfacePath, kWgPeerPath);
   if (self->with_tunnels_)
     return sd_bus_reply_method_return(m, "ao", 3, kChildSaPath, kAssociationPath, kIkeSaPath);
   return sd_bus_reply_method_return(m, "ao", 1, kAssociationPath);
@@ -152,6 +156,9 @@ int FakeAgent::on_establish_tunnel(sd_bus_message* m, void* userdata, sd_bus_err
   if (request.host == "refused")
     return sd_bus_error_set(error, "org.tapsec1.Error.HandshakeFailed",
                             "the peer answered IKE_AUTH with AUTHENTICATION_FAILED");
+  const ctl::Value* protocols = ctl::find_property(request.props, "protocols");
+  const bool wireguard = protocols && ctl::value_to_text(*protocols) == "wireguard";
+  if (request.host == "to-beta" && wireguard) return sd_bus_reply_method_return(m, "o", kWgInterfacePath);
   if (request.host != "branch" && request.host != "192.0.2.9")
     return sd_bus_error_setf(error, "org.tapsec1.Error.InvalidArgument", "no tunnel '%s' in the policy",
                              request.host.c_str());
@@ -161,6 +168,19 @@ int FakeAgent::on_establish_tunnel(sd_bus_message* m, void* userdata, sd_bus_err
 int FakeAgent::on_list_tunnels(sd_bus_message* m, void*, sd_bus_error*) {
   return sd_bus_reply_method_return(m, "a(ssssso)", 2, "branch", "ikev2", "198.51.100.7", "trap", "up", kIkeSaPath,
                                     "partner", "ikev2", "vpn.partner.example", "none", "down", "/");
+}
+
+// "wg-host" is the one WireGuard identity the fake knows.
+int FakeAgent::on_get_public_key(sd_bus_message* m, void*, sd_bus_error* error) {
+  const char* identity = nullptr;
+  int r = sd_bus_message_read(m, "s", &identity);
+  if (r < 0) return r;
+  if (*identity == '\0' || std::strchr(identity, '/'))
+    return sd_bus_error_setf(error, "org.tapsec1.Error.InvalidArguments", "'%s' is not an identity name", identity);
+  if (std::string(identity) != "wg-host")
+    return sd_bus_error_setf(error, "org.tapsec1.Error.UnknownIdentity", "no [Identity %s] with Type=wireguard",
+                             identity);
+  return sd_bus_reply_method_return(m, "s", kWgPublicKey);
 }
 
 int FakeAgent::on_flush(sd_bus_message* m, void*, sd_bus_error*) {
@@ -268,11 +288,64 @@ int tunnel_property(const std::string& path, const std::string& name, sd_bus_mes
   return -ENOENT;
 }
 
+std::uint64_t now_usec() {
+  struct timespec ts {};
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return static_cast<std::uint64_t>(ts.tv_sec) * 1000000 + static_cast<std::uint64_t>(ts.tv_nsec) / 1000;
+}
+
+// The WireGuard properties of the interface (4) and its peers (5, 6).
+int wireguard_property(const std::string& path, const std::string& name, sd_bus_message* reply) {
+  const bool link = path == FakeAgent::kWgInterfacePath;
+  const bool talking = path == FakeAgent::kWgPeerPath;
+  const auto text = [&](const char* value) { return sd_bus_message_append(reply, "s", value); };
+  const auto number = [&](std::uint64_t value) { return sd_bus_message_append(reply, "t", value); };
+  if (name == "Protocol") return text("wireguard");
+  if (name == "Role") return text(link ? "interface" : "peer");
+  if (name == "TunnelName") return text("to-beta");
+  if (name == "Offload") return text("kernel");
+  if (name == "Interface") return text("wg-beta");
+  if (name == "PublicKey") return text(link ? FakeAgent::kWgPublicKey : "");
+  if (name == "ListenPort") return sd_bus_message_append(reply, "q", static_cast<std::uint16_t>(link ? 51820 : 0));
+  if (name == "LocalIdentity") return text(link ? "wg-host" : "");
+  if (name == "LocalAddress") return text(link ? "10.9.0.1/24, fd00:9::1/64" : "");
+  if (name == "State") return text(link ? "up" : talking ? "established" : "connecting");
+  if (name == "Parent") return sd_bus_message_append(reply, "o", link ? "/" : FakeAgent::kWgInterfacePath);
+  if (name == "PeerPublicKey")
+    return text(link ? "" : talking ? FakeAgent::kWgPeerKey : FakeAgent::kWgSilentPeerKey);
+  if (name == "PeerIdentity") return text(link ? "" : talking ? "CN=beta.example" : "wireguard:MiWQAZfP");
+  if (name == "PeerAddress") return text(talking ? "192.0.2.2:51820" : "");
+  if (name == "RemoteTrafficSelectors") {
+    if (link) return sd_bus_message_append(reply, "as", 0);
+    return talking ? sd_bus_message_append(reply, "as", 2, "10.9.0.2/32", "10.20.0.0/16")
+                   : sd_bus_message_append(reply, "as", 1, "10.9.0.3/32");
+  }
+  if (name == "LocalTrafficSelectors") return sd_bus_message_append(reply, "as", 0);
+  if (name == "BytesSent") return number(talking ? 3482 : 0);         // 3.40 KiB
+  if (name == "BytesReceived") return number(talking ? 1229 : 0);     // 1.20 KiB
+  if (name == "LastHandshake") return number(talking ? now_usec() - 12 * 1000000 : 0);
+  if (name == "KeyEpoch") return number(talking ? 3 : 0);
+  if (name == "ExpiresAt") return number(talking ? now_usec() + 95 * 1000000 : 0);
+  if (name == "CreatedAt") return number(1700000000000000);
+  if (name == "OwnerUid") return sd_bus_message_append(reply, "u", 0u);
+  if (name == "Resumed") return sd_bus_message_append(reply, "b", 0);
+  if (name == "PacketsSent" || name == "PacketsReceived" || name == "RecordsSent" || name == "RecordsReceived")
+    return number(0);
+  return text("");  // the TLS and IPsec strings: empty here
+}
+
 int FakeAgent::get_property(sd_bus*, const char* path, const char* interface, const char* property,
                             sd_bus_message* reply, void* userdata, sd_bus_error*) {
   auto* self = static_cast<FakeAgent*>(userdata);
   const std::string name = property;
   const bool manager = std::string(interface) == "org.tapsec1.Manager";
+  const std::string object = path;
+  if (!manager && (object == kWgInterfacePath || object == kWgPeerPath || object == kWgSilentPeerPath))
+    return wireguard_property(object, name, reply);
+  // The WireGuard properties of the other associations: empty.
+  if (name == "Interface" || name == "PublicKey" || name == "PeerPublicKey") return sd_bus_message_append(reply, "s", "");
+  if (name == "ListenPort") return sd_bus_message_append(reply, "q", std::uint16_t{0});
+  if (name == "LastHandshake") return sd_bus_message_append(reply, "t", std::uint64_t{0});
   if (!manager && (std::string(path) == kIkeSaPath || std::string(path) == kChildSaPath))
     return tunnel_property(path, name, reply);
   if (manager && name == "Version") return sd_bus_message_append(reply, "s", "0.1.0-fake");
@@ -330,6 +403,7 @@ bool FakeAgent::start() {
       SD_BUS_METHOD("FlushSessionCache", "", "u", on_flush, SD_BUS_VTABLE_UNPRIVILEGED),
       SD_BUS_METHOD("EstablishTunnel", "sa{sv}", "o", on_establish_tunnel, SD_BUS_VTABLE_UNPRIVILEGED),
       SD_BUS_METHOD("ListTunnels", "", "a(ssssso)", on_list_tunnels, SD_BUS_VTABLE_UNPRIVILEGED),
+      SD_BUS_METHOD("GetPublicKey", "s", "s", on_get_public_key, SD_BUS_VTABLE_UNPRIVILEGED),
       SD_BUS_PROPERTY("Version", "s", get_property, 0, SD_BUS_VTABLE_PROPERTY_CONST),
       SD_BUS_PROPERTY("KernelFeatures", "as", get_property, 0, SD_BUS_VTABLE_PROPERTY_CONST),
       SD_BUS_PROPERTY("SessionCacheEntries", "u", get_property, 0, 0),
@@ -372,6 +446,11 @@ bool FakeAgent::start() {
       FAKE_PROPERTY("Encapsulation", "s"),
       FAKE_PROPERTY("PacketsSent", "t"),
       FAKE_PROPERTY("PacketsReceived", "t"),
+      FAKE_PROPERTY("Interface", "s"),
+      FAKE_PROPERTY("PublicKey", "s"),
+      FAKE_PROPERTY("ListenPort", "q"),
+      FAKE_PROPERTY("PeerPublicKey", "s"),
+      FAKE_PROPERTY("LastHandshake", "t"),
       SD_BUS_METHOD("UpdateKeys", "b", "", on_update_keys, SD_BUS_VTABLE_UNPRIVILEGED),
       SD_BUS_METHOD("ExportKeyingMaterial", "sayu", "ay", on_export, SD_BUS_VTABLE_UNPRIVILEGED),
       SD_BUS_METHOD("Terminate", "", "", on_terminate, SD_BUS_VTABLE_UNPRIVILEGED),
@@ -388,6 +467,11 @@ bool FakeAgent::start() {
     return false;
   if (with_tunnels_) {
     for (const char* path : {kIkeSaPath, kChildSaPath})
+      if (sd_bus_add_object_vtable(bus_.get(), nullptr, path, "org.tapsec1.Association", association_vtable, this) < 0)
+        return false;
+  }
+  if (with_wireguard_) {
+    for (const char* path : {kWgInterfacePath, kWgPeerPath, kWgSilentPeerPath})
       if (sd_bus_add_object_vtable(bus_.get(), nullptr, path, "org.tapsec1.Association", association_vtable, this) < 0)
         return false;
   }

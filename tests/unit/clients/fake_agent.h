@@ -21,8 +21,18 @@ class FakeAgent {
   static constexpr const char* kIkeSaPath = "/org/tapsec1/association/2";
   static constexpr const char* kChildSaPath = "/org/tapsec1/association/3";
 
-  explicit FakeAgent(std::string address, bool with_tunnels = false)
-      : address_(std::move(address)), with_tunnels_(with_tunnels) {}
+  // With WireGuard: the interface "wg-beta" (4) of the tunnel "to-beta", a
+  // peer with an agent that has handshaked (5), and a peer without an agent
+  // that never has (6). Times are relative to when they are read.
+  static constexpr const char* kWgInterfacePath = "/org/tapsec1/association/4";
+  static constexpr const char* kWgPeerPath = "/org/tapsec1/association/5";
+  static constexpr const char* kWgSilentPeerPath = "/org/tapsec1/association/6";
+  static constexpr const char* kWgPublicKey = "InuaCBxqTGbed/OPQrtBhmqQsvqN6Pnux2+166C752Q=";
+  static constexpr const char* kWgPeerKey = "zP8JjmCn7M1N4sCpPjVRgMq9+4AxVByfGxpBjyEvUkk=";
+  static constexpr const char* kWgSilentPeerKey = "MiWQAZfPsc0aR3I2Tx/wTXjEVRdeY9JicV6USEnXMk8=";
+
+  explicit FakeAgent(std::string address, bool with_tunnels = false, bool with_wireguard = false)
+      : address_(std::move(address)), with_tunnels_(with_tunnels), with_wireguard_(with_wireguard) {}
   ~FakeAgent() { stop(); }
 
   // Connects, takes the name org.tapsec1 and serves in a thread.
@@ -63,12 +73,14 @@ class FakeAgent {
   static int on_terminate(sd_bus_message* m, void* userdata, sd_bus_error* error);
   static int on_establish_tunnel(sd_bus_message* m, void* userdata, sd_bus_error* error);
   static int on_list_tunnels(sd_bus_message* m, void* userdata, sd_bus_error* error);
+  static int on_get_public_key(sd_bus_message* m, void* userdata, sd_bus_error* error);
   static int get_property(sd_bus* bus, const char* path, const char* interface, const char* property,
                           sd_bus_message* reply, void* userdata, sd_bus_error* error);
   int finish_request(sd_bus_message* m, Request& request, int fd, sd_bus_error* error);
 
   std::string address_;
   bool with_tunnels_ = false;
+  bool with_wireguard_ = false;
   Request last_tunnel_request_;
   ctl::BusPtr bus_;
   std::thread thread_;

@@ -10,7 +10,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cctype>
 #include <cstring>
+#include <ctime>
+#include <map>
 #include <memory>
 #include <sstream>
 
@@ -58,7 +61,7 @@ class ClientsAgainstFake : public ::testing::Test {
   }
   void SetUp() override {
     if (g_bus->address().empty()) GTEST_SKIP() << "no private dbus-daemon: " << g_bus->why();
-    agent_ = std::make_unique<FakeAgent>(g_bus->address(), with_tunnels());
+    agent_ = std::make_unique<FakeAgent>(g_bus->address(), with_tunnels(), with_wireguard());
     ASSERT_TRUE(agent_->start());
     int r = 0;
     client_.reset(tapsec_open(g_bus->address().c_str(), &r));
@@ -67,6 +70,8 @@ class ClientsAgainstFake : public ::testing::Test {
 
   // Whether the fake also serves an IKE SA and a Child SA.
   virtual bool with_tunnels() const { return false; }
+  // Whether it serves a WireGuard interface with two peers instead.
+  virtual bool with_wireguard() const { return false; }
 
   struct CtlOutcome {
     int exit_code;
@@ -584,6 +589,261 @@ TEST_F(ClientsAgainstFake, SasWithoutTunnels) {
   EXPECT_EQ(o.exit_code, 0) << o.err;
   EXPECT_EQ(o.out, "No IKE SAs.\n");
   EXPECT_EQ(tapsecctl({"sas", "--json"}).out, "[]\n");
+}
+
+}  // namespace
+
+// tapsecctl's WireGuard commands, against the fake serving a TLS association
+// (1), the interface wg-beta (4) and its two peers (5: handshaked 12 s ago,
+// PSK epoch 3 rotating in 95 s; 6: never handshaked, no agent).
+namespace {
+
+class WireGuardAgainstFake : public ClientsAgainstFake {
+ protected:
+  bool with_wireguard() const override { return true; }
+};
+
+// Just enough JSON to read tapsecctl's output back: objects, arrays,
+// strings (with \" and \\), unsigned numbers, booleans.
+struct Json {
+  enum class Kind { Null, Bool, Number, String, Array, Object } kind = Kind::Null;
+  bool flag = false;
+  std::uint64_t number = 0;
+  std::string text;
+  std::vector<Json> items;
+  std::map<std::string, Json> fields;
+  const Json& operator[](const std::string& key) const {
+    static const Json missing;
+    auto it = fields.find(key);
+    return it == fields.end() ? missing : it->second;
+  }
+};
+
+class JsonReader {
+ public:
+  explicit JsonReader(const std::string& text) : text_(text) {}
+  bool read(Json& out) {
+    if (!value(out)) return false;
+    skip_space();
+    return at_ == text_.size();
+  }
+
+ private:
+  void skip_space() {
+    while (at_ < text_.size() && std::isspace(static_cast<unsigned char>(text_[at_]))) at_++;
+  }
+  bool literal(const char* word) {
+    const std::size_t length = std::strlen(word);
+    if (text_.compare(at_, length, word) != 0) return false;
+    at_ += length;
+    return true;
+  }
+  bool string(std::string& out) {
+    if (at_ >= text_.size() || text_[at_] != '"') return false;
+    for (at_++; at_ < text_.size(); at_++) {
+      char c = text_[at_];
+      if (c == '"') {
+        at_++;
+        return true;
+      }
+      if (c == '\\') {
+        if (++at_ >= text_.size()) return false;
+        c = text_[at_];
+        if (c != '"' && c != '\\' && c != '/') return false;
+      }
+      out.push_back(c);
+    }
+    return false;
+  }
+  bool value(Json& out) {
+    skip_space();
+    if (at_ >= text_.size()) return false;
+    const char c = text_[at_];
+    if (c == '{') {
+      out.kind = Json::Kind::Object;
+      at_++;
+      skip_space();
+      if (at_ < text_.size() && text_[at_] == '}') return ++at_, true;
+      for (;;) {
+        skip_space();
+        std::string key;
+        if (!string(key)) return false;
+        skip_space();
+        if (at_ >= text_.size() || text_[at_++] != ':') return false;
+        if (!value(out.fields[key])) return false;
+        skip_space();
+        if (at_ < text_.size() && text_[at_] == ',') {
+          at_++;
+          continue;
+        }
+        return at_ < text_.size() && text_[at_++] == '}';
+      }
+    }
+    if (c == '[') {
+      out.kind = Json::Kind::Array;
+      at_++;
+      skip_space();
+      if (at_ < text_.size() && text_[at_] == ']') return ++at_, true;
+      for (;;) {
+        out.items.emplace_back();
+        if (!value(out.items.back())) return false;
+        skip_space();
+        if (at_ < text_.size() && text_[at_] == ',') {
+          at_++;
+          continue;
+        }
+        return at_ < text_.size() && text_[at_++] == ']';
+      }
+    }
+    if (c == '"') {
+      out.kind = Json::Kind::String;
+      return string(out.text);
+    }
+    if (literal("true") || literal("false")) {
+      out.kind = Json::Kind::Bool;
+      out.flag = text_[at_ - 1] == 'e' && text_[at_ - 2] == 'u';
+      return true;
+    }
+    if (literal("null")) return true;
+    if (!std::isdigit(static_cast<unsigned char>(c))) return false;
+    out.kind = Json::Kind::Number;
+    while (at_ < text_.size() && std::isdigit(static_cast<unsigned char>(text_[at_])))
+      out.number = out.number * 10 + static_cast<std::uint64_t>(text_[at_++] - '0');
+    return true;
+  }
+
+  const std::string& text_;
+  std::size_t at_ = 0;
+};
+
+std::vector<std::string> texts(const Json& array) {
+  std::vector<std::string> out;
+  for (const Json& item : array.items) out.push_back(item.text);
+  return out;
+}
+
+TEST_F(WireGuardAgainstFake, ShowIsLikeWgShow) {
+  const std::string expected =
+      "interface: wg-beta  (tunnel to-beta, offload kernel, up)\n"
+      "  public key: InuaCBxqTGbed/OPQrtBhmqQsvqN6Pnux2+166C752Q=\n"
+      "  listening port: 51820\n"
+      "  addresses: 10.9.0.1/24, fd00:9::1/64\n"
+      "\n"
+      "  peer: zP8JjmCn7M1N4sCpPjVRgMq9+4AxVByfGxpBjyEvUkk=  (CN=beta.example)\n"
+      "    endpoint: 192.0.2.2:51820\n"
+      "    allowed ips: 10.9.0.2/32, 10.20.0.0/16\n"
+      "    latest handshake: 12 seconds ago\n"
+      "    transfer: 1.20 KiB received, 3.40 KiB sent\n"
+      "    preshared key: epoch 3, rotates in 1 minute, 35 seconds\n"
+      "    state: established\n"
+      "\n"
+      "  peer: MiWQAZfPsc0aR3I2Tx/wTXjEVRdeY9JicV6USEnXMk8=  (wireguard:MiWQAZfP)\n"
+      "    allowed ips: 10.9.0.3/32\n"
+      "    latest handshake: (none)\n"
+      "    preshared key: static or none (not exchanged)\n"
+      "    state: connecting\n";
+  auto o = tapsecctl({"wg"});
+  EXPECT_EQ(o.exit_code, 0) << o.err;
+  EXPECT_EQ(o.out, expected);
+  o = tapsecctl({"wg", "show"});
+  EXPECT_EQ(o.exit_code, 0) << o.err;
+  EXPECT_EQ(o.out, expected);
+}
+
+TEST_F(WireGuardAgainstFake, ShowJsonParsesBack) {
+  const std::uint64_t before = static_cast<std::uint64_t>(time(nullptr));
+  auto o = tapsecctl({"wg", "show", "--json"});
+  const std::uint64_t after = static_cast<std::uint64_t>(time(nullptr));
+  EXPECT_EQ(o.exit_code, 0) << o.err;
+  ASSERT_EQ(o.out.back(), '\n');
+  Json document;
+  ASSERT_TRUE(JsonReader(o.out).read(document)) << o.out;
+  const Json& interfaces = document["interfaces"];
+  ASSERT_EQ(interfaces.items.size(), 1u) << o.out;
+  const Json& link = interfaces.items[0];
+  EXPECT_EQ(link["interface"].text, "wg-beta");
+  EXPECT_EQ(link["tunnel"].text, "to-beta");
+  EXPECT_EQ(link["offload"].text, "kernel");
+  EXPECT_EQ(link["state"].text, "up");
+  EXPECT_EQ(link["public_key"].text, FakeAgent::kWgPublicKey);
+  EXPECT_EQ(link["listen_port"].number, 51820u);
+  EXPECT_EQ(texts(link["addresses"]), (std::vector<std::string>{"10.9.0.1/24", "fd00:9::1/64"}));
+  EXPECT_EQ(link["association"].text, FakeAgent::kWgInterfacePath);
+  const Json& peers = link["peers"];
+  ASSERT_EQ(peers.items.size(), 2u);
+  const Json& beta = peers.items[0];
+  EXPECT_EQ(beta["public_key"].text, FakeAgent::kWgPeerKey);
+  EXPECT_EQ(beta["peer_identity"].text, "CN=beta.example");
+  EXPECT_EQ(beta["endpoint"].text, "192.0.2.2:51820");
+  EXPECT_EQ(texts(beta["allowed_ips"]), (std::vector<std::string>{"10.9.0.2/32", "10.20.0.0/16"}));
+  EXPECT_GE(beta["latest_handshake"].number, before - 13);
+  EXPECT_LE(beta["latest_handshake"].number, after - 11);
+  EXPECT_EQ(beta["rx_bytes"].number, 1229u);
+  EXPECT_EQ(beta["tx_bytes"].number, 3482u);
+  EXPECT_EQ(beta["psk_epoch"].number, 3u);
+  EXPECT_GE(beta["psk_rotates_at"].number, before + 94);
+  EXPECT_LE(beta["psk_rotates_at"].number, after + 95);
+  EXPECT_EQ(beta["state"].text, "established");
+  EXPECT_EQ(beta["association"].text, FakeAgent::kWgPeerPath);
+  const Json& silent = peers.items[1];
+  EXPECT_EQ(silent["public_key"].text, FakeAgent::kWgSilentPeerKey);
+  EXPECT_EQ(silent["endpoint"].kind, Json::Kind::String);
+  EXPECT_EQ(silent["endpoint"].text, "");
+  EXPECT_EQ(silent["latest_handshake"].kind, Json::Kind::Number);
+  EXPECT_EQ(silent["latest_handshake"].number, 0u);
+  EXPECT_EQ(silent["psk_epoch"].number, 0u);
+  EXPECT_EQ(silent["psk_rotates_at"].number, 0u);
+  EXPECT_EQ(silent["state"].text, "connecting");
+  EXPECT_EQ(silent["association"].text, FakeAgent::kWgSilentPeerPath);
+}
+
+TEST_F(ClientsAgainstFake, WgWithoutWireGuard) {
+  auto o = tapsecctl({"wg"});
+  EXPECT_EQ(o.exit_code, 0) << o.err;
+  EXPECT_EQ(o.out, "No WireGuard interfaces.\n");
+  EXPECT_EQ(tapsecctl({"wg", "--json"}).out, "{\"interfaces\":[]}\n");
+}
+
+TEST_F(WireGuardAgainstFake, Pubkey) {
+  auto o = tapsecctl({"wg", "pubkey", "wg-host"});
+  EXPECT_EQ(o.exit_code, 0) << o.err;
+  EXPECT_EQ(o.out, std::string(FakeAgent::kWgPublicKey) + "\n");
+  EXPECT_EQ(o.err, "");
+  o = tapsecctl({"wg", "pubkey", "wg-host", "--json"});
+  EXPECT_EQ(o.exit_code, 0) << o.err;
+  EXPECT_EQ(o.out, "{\"identity\":\"wg-host\",\"public_key\":\"" + std::string(FakeAgent::kWgPublicKey) + "\"}\n");
+}
+
+TEST_F(WireGuardAgainstFake, PubkeyErrors) {
+  auto o = tapsecctl({"wg", "pubkey", "nobody"});
+  EXPECT_EQ(o.exit_code, 1);
+  EXPECT_EQ(o.out, "");
+  EXPECT_EQ(o.err,
+            "tapsecctl: the policy has no WireGuard identity 'nobody' (an [Identity] section with Type=wireguard): "
+            "no [Identity nobody] with Type=wireguard\n");
+  o = tapsecctl({"wg", "pubkey", "nobody", "--json"});
+  EXPECT_EQ(o.exit_code, 1);
+  Json document;
+  ASSERT_TRUE(JsonReader(o.out).read(document)) << o.out;
+  EXPECT_EQ(document["error"]["name"].text, "org.tapsec1.Error.UnknownIdentity");
+  o = tapsecctl({"wg", "pubkey", "../etc/passwd"});
+  EXPECT_EQ(o.exit_code, 1);
+  EXPECT_EQ(o.err, "tapsecctl: reading the public key of ../etc/passwd: '../etc/passwd' is not an identity name\n");
+}
+
+TEST_F(WireGuardAgainstFake, TunnelUpAsksForWireGuard) {
+  auto o = tapsecctl({"tunnel", "up", "to-beta", "--protocol", "wireguard"});
+  EXPECT_EQ(o.exit_code, 0) << o.err;
+  EXPECT_EQ(o.out, "Tunnel to-beta is up: WireGuard interface, association 4 (/org/tapsec1/association/4)\n");
+  const auto request = agent_->last_tunnel_request();
+  EXPECT_EQ(request.host, "to-beta");
+  ASSERT_EQ(request.props.size(), 1u);
+  EXPECT_EQ(request.props[0].first, "protocols");
+  ASSERT_EQ(request.props[0].second.kind, tapsec::ctl::Value::Kind::Array);
+  ASSERT_EQ(request.props[0].second.items.size(), 1u);
+  EXPECT_EQ(request.props[0].second.items[0].text, "wireguard");
+  o = tapsecctl({"tunnel", "up", "to-beta", "--protocol", "wireguard", "--json"});
+  EXPECT_EQ(o.out, "{\"peer\":\"to-beta\",\"id\":\"4\",\"path\":\"/org/tapsec1/association/4\"}\n");
 }
 
 }  // namespace

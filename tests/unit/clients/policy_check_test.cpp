@@ -176,6 +176,49 @@ TEST(PolicyCheck, UnknownTunnelExitsTwo) {
   EXPECT_EQ(o.out.rfind("{\"error\":{\"name\":\"no-such-tunnel\",", 0), 0u) << o.out;
 }
 
+constexpr const char* kWireGuardPolicy =
+    "[Identity wg-host]\n"
+    "Type=wireguard\n"
+    "PrivateKey=/etc/tapsec/wireguard/wg-host.key\n"
+    "[Identity host-cert]\n"
+    "Certificate=/etc/tapsec/certs/host.pem\n"
+    "PrivateKey=/etc/tapsec/private/host.key\n"
+    "[Tunnel]\n"
+    "Name=to-beta\n"
+    "Protocol=wireguard\n"
+    "WireGuardKey=wg-host\n"
+    "Peer=192.0.2.2\n"
+    "Identity=host-cert\n"
+    "AllowedIPs=10.9.0.2/32\n"
+    "[Rule wireguard-for-root]\n"
+    "MatchUser=root\n"
+    "MatchTunnel=to-beta\n"
+    "MatchPort=51820\n"
+    "Protocols=wireguard\n"
+    "Identities=host-cert\n"
+    "Action=allow\n";
+
+TEST(PolicyCheck, WireGuardTunnelRequest) {
+  PolicyDir dir;
+  dir.write("50-wg.policy", kWireGuardPolicy);
+  auto o = check_tunnel(dir.path(), {"--uid", "0", "--tunnel", "to-beta"});
+  EXPECT_EQ(o.exit_code, kExitSuccess) << o.out << o.err;
+  EXPECT_EQ(o.out.rfind("Tunnel: to-beta (" + dir.path() + "/50-wg.policy:7): wireguard to 192.0.2.2 port 51820\n", 0),
+            0u)
+      << o.out;
+  EXPECT_NE(o.out.find("Identity: host-cert"), std::string::npos) << o.out;
+  o = check_tunnel(dir.path(), {"--uid", "0", "--tunnel", "to-beta", "--json"});
+  EXPECT_NE(o.out.find("\"protocols\":[\"wireguard\"]"), std::string::npos) << o.out;
+  // Asking for the tunnel as IKEv2 is not what the rule allows.
+  o = check_tunnel(dir.path(), {"--uid", "0", "--tunnel", "to-beta", "--protocols", "ikev2"});
+  EXPECT_EQ(o.exit_code, kExitFailure) << o.out << o.err;
+  EXPECT_NE(o.out.find("none of the requested protocols (ikev2) is allowed; this rule allows: wireguard"),
+            std::string::npos)
+      << o.out;
+  o = check_tunnel(dir.path(), {"--uid", "65534", "--tunnel", "to-beta"});
+  EXPECT_EQ(o.exit_code, kExitFailure) << o.out << o.err;
+}
+
 #else
 
 TEST(PolicyCheck, UnavailableWithoutThePolicyLibrary) {

@@ -190,8 +190,7 @@ TEST(TunnelErrors, NameRequiredUniqueAndValid) {
 }
 
 TEST(TunnelErrors, Protocol) {
-  expect_single_error(tunnel_with("Protocol=wireguard\n"), 6, "wireguard tunnels are not supported yet");
-  expect_single_error(tunnel_with("Protocol=ikev1\n"), 6, "unknown tunnel protocol 'ikev1' (only ikev2");
+  expect_single_error(tunnel_with("Protocol=ikev1\n"), 6, "unknown tunnel protocol 'ikev1' (ikev2 or wireguard)");
 }
 
 TEST(TunnelErrors, BadValues) {
