@@ -29,6 +29,8 @@ void usage(FILE* out) {
       "  --wg-exchange-port PORT        TCP port for peer agents' WireGuard PSK exchange\n"
       "                                 (default 51821; 0: initiate only)\n"
       "  --wireguard-go PROGRAM         userspace WireGuard for Fallback=yes tunnels (default wireguard-go)\n"
+      "  --wg-stale-after SECONDS       look a peer's host name up again once its last handshake is\n"
+      "                                 this old (default 135)\n"
       "  --log-level debug|info|notice|warning|error\n"
       "  --version\n",
       out);
@@ -46,6 +48,7 @@ int main(int argc, char** argv) {
       {"log-level", required_argument, nullptr, 'l'}, {"version", no_argument, nullptr, 'V'},
       {"ike-port", required_argument, nullptr, 'i'}, {"nat-t-port", required_argument, nullptr, 'n'},
       {"wg-exchange-port", required_argument, nullptr, 'w'}, {"wireguard-go", required_argument, nullptr, 'g'},
+      {"wg-stale-after", required_argument, nullptr, 's'},
       {"help", no_argument, nullptr, 'h'},          {nullptr, 0, nullptr, 0}};
   int c;
   while ((c = getopt_long(argc, argv, "h", long_options, nullptr)) != -1) {
@@ -53,6 +56,16 @@ int main(int argc, char** argv) {
       case 'b': bus_spec = optarg; break;
       case 'p': options.policy_dir = optarg; break;
       case 'g': options.wireguard.userspace_program = optarg; break;
+      case 's': {
+        char* end = nullptr;
+        unsigned long seconds = std::strtoul(optarg, &end, 10);
+        if (!*optarg || *end || seconds == 0 || seconds > 86400) {
+          std::fprintf(stderr, "tapsecd: --wg-stale-after wants 1 to 86400 seconds, not \"%s\"\n", optarg);
+          return 2;
+        }
+        options.wireguard.stale_after = std::chrono::seconds(seconds);
+        break;
+      }
       case 'i':
       case 'n':
       case 'w': {

@@ -34,7 +34,6 @@ namespace {
 // WireGuard's own timers (drivers/net/wireguard/messages.h): a session is
 // renewed every 120 s of use and refused after 180 s.
 constexpr auto kRejectAfter = std::chrono::seconds(180);
-constexpr auto kStaleAfter = std::chrono::seconds(135);  // REKEY_AFTER_TIME + REKEY_TIMEOUT + jitter
 constexpr auto kResolveEvery = std::chrono::seconds(30);
 constexpr auto kReconnectAfter = std::chrono::seconds(5);
 
@@ -780,10 +779,11 @@ struct WgService::Impl {
     }
   }
 
-  static bool stale(const Link& link) {
+  bool stale(const Link& link) const {
     auto last = link.peer.last_handshake;
-    if (last.time_since_epoch().count() == 0) return link.ready && now_usec() > link.created_at + 15'000'000;
-    return Clock::now() - last > kStaleAfter;
+    if (last.time_since_epoch().count() == 0)
+      return link.ready && now_usec() > link.created_at + std::uint64_t(options.stale_after.count()) * 1'000'000;
+    return Clock::now() - last > options.stale_after;
   }
 
   std::string path_of(const Link& link) const {

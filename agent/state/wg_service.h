@@ -28,6 +28,10 @@ struct WgOptions {
   std::string userspace_program = "wireguard-go";
   std::string userspace_socket_dir = "/var/run/wireguard";
   std::chrono::milliseconds poll_interval{1000};  // handshakes, counters, endpoints
+  // A peer named by host name is looked up again once its last handshake is
+  // this old (WireGuard renews sessions every 120 s of use; 135 s as wg-quick's
+  // reresolve-dns does), at most every 30 s.
+  std::chrono::seconds stale_after{135};
 };
 
 class WgService {

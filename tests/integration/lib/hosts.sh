@@ -6,6 +6,8 @@
 #   on_host NAME CMD...       runs CMD inside host NAME with TAPSEC_BUS set
 #   hosts_down                stops everything and removes the namespaces
 #
+# TAPSECD_ARGS adds options to both agents.
+#
 # The addresses are from TEST-NET-1 (RFC 5737) and exist only inside the
 # namespaces these functions create.
 
@@ -136,7 +138,8 @@ hosts_up() {
 </busconfig>
 CONF
     dbus-daemon --config-file="$HOSTS_DIR/$h/bus.conf" --fork --print-pid >"$HOSTS_DIR/$h/bus.pid"
-    ip netns exec "$ns" "$build/agent/tapsecd" --bus "unix:path=$HOSTS_DIR/$h/bus" \
+    # shellcheck disable=SC2086 # TAPSECD_ARGS is a list of options
+    ip netns exec "$ns" "$build/agent/tapsecd" --bus "unix:path=$HOSTS_DIR/$h/bus" ${TAPSECD_ARGS:-} \
       --policy-dir "$HOSTS_DIR/$h/policy.d" 2>"$HOSTS_DIR/$h/tapsecd.log" &
     echo $! >"$HOSTS_DIR/$h/tapsecd.pid"
   done
