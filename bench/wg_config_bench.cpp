@@ -3,9 +3,13 @@
 // (written as a wg conf file), in the same run, alternating which goes first.
 // Each peer has a public key, a PSK, an endpoint and one /32 allowed IP; the
 // device gets a private key. The links are made outside the timed part, and
-// each result is checked (every peer read back) outside it too.
+// each result is checked (every peer read back) outside it too. Every
+// repetition uses new links: deleting a link with many peers is slow on
+// kernels that wait for an RCU grace period per peer (6.1 does), so the links
+// are deleted only at the end, and not at all with --keep-links (in a VM that
+// is thrown away afterwards).
 //
-//   wg-config-bench [--peers N] [--repetitions R]
+//   wg-config-bench [--peers N] [--repetitions R] [--keep-links]
 //
 // Prints one "BENCH rep=..." line per repetition and a summary:
 //   BENCH summary peers=N reps=R tapsec_median_ms=T wg_median_ms=W ratio_tapsec_over_wg=X
@@ -108,9 +112,16 @@ std::string check_peers(const std::string& ifname, std::size_t peers) {
   return {};
 }
 
+bool make_link(const std::string& ifname) {
+  if (run_quietly({"ip", "link", "add", ifname, "type", "wireguard"}) == 0) return true;
+  std::fprintf(stderr, "wg-config-bench: ip link add %s type wireguard failed\n", ifname.c_str());
+  return false;
+}
+
 // One fresh link configured by KernelDevice; the time of configure() alone.
 std::optional<double> time_tapsec(const wg::DeviceConfig& config, const std::string& ifname) {
-  auto device = wg::KernelDevice::create(ifname);
+  if (!make_link(ifname)) return std::nullopt;
+  auto device = wg::KernelDevice::create(ifname);  // adopts it: the link outlives the device
   if (!device) {
     std::fprintf(stderr, "wg-config-bench: %s\n", device.error().c_str());
     return std::nullopt;
@@ -126,20 +137,16 @@ std::optional<double> time_tapsec(const wg::DeviceConfig& config, const std::str
     std::fprintf(stderr, "wg-config-bench: tapsec: %s\n", why.c_str());
     return std::nullopt;
   }
-  return milliseconds(elapsed);  // the device deletes its link here
+  return milliseconds(elapsed);
 }
 
 // One fresh link made by `ip link` and configured by `wg setconf`.
 std::optional<double> time_wg(const std::string& conf, std::size_t peers, const std::string& ifname) {
-  if (run_quietly({"ip", "link", "add", ifname, "type", "wireguard"}) != 0) {
-    std::fprintf(stderr, "wg-config-bench: ip link add %s failed\n", ifname.c_str());
-    return std::nullopt;
-  }
+  if (!make_link(ifname)) return std::nullopt;
   const auto start = Clock::now();
   const int status = run_quietly({"wg", "setconf", ifname, conf});
   const auto elapsed = Clock::now() - start;
-  std::string why = status == 0 ? check_peers(ifname, peers) : "wg setconf exit " + std::to_string(status);
-  (void)wg::delete_link(ifname);
+  const std::string why = status == 0 ? check_peers(ifname, peers) : "wg setconf exit " + std::to_string(status);
   if (!why.empty()) {
     std::fprintf(stderr, "wg-config-bench: wg: %s\n", why.c_str());
     return std::nullopt;
@@ -152,12 +159,14 @@ std::optional<double> time_wg(const std::string& conf, std::size_t peers, const 
 int main(int argc, char** argv) {
   std::size_t peers = 10000;
   int repetitions = 5;
-  for (int i = 1; i + 1 < argc; i += 2) {
+  bool keep_links = false;
+  for (int i = 1; i < argc; ++i) {
     const std::string option = argv[i];
-    if (option == "--peers") peers = std::strtoul(argv[i + 1], nullptr, 10);
-    else if (option == "--repetitions") repetitions = std::atoi(argv[i + 1]);
+    if (option == "--peers" && i + 1 < argc) peers = std::strtoul(argv[++i], nullptr, 10);
+    else if (option == "--repetitions" && i + 1 < argc) repetitions = std::atoi(argv[++i]);
+    else if (option == "--keep-links") keep_links = true;
     else {
-      std::fprintf(stderr, "usage: wg-config-bench [--peers N] [--repetitions R]\n");
+      std::fprintf(stderr, "usage: wg-config-bench [--peers N] [--repetitions R] [--keep-links]\n");
       return 2;
     }
   }
@@ -179,16 +188,20 @@ int main(int argc, char** argv) {
   ::close(conf_fd);
 
   std::vector<double> tapsec_ms, wg_ms;
+  std::vector<std::string> links;
   int exit_status = 0;
   for (int rep = 0; rep < repetitions && exit_status == 0; ++rep) {
     std::optional<double> ours, theirs;
+    const std::string tapsec_link = "wgbench-t" + std::to_string(rep), wg_link = "wgbench-w" + std::to_string(rep);
+    links.push_back(tapsec_link);
+    links.push_back(wg_link);
     // Alternate the order so neither always runs on a warmer machine.
     if (rep % 2 == 0) {
-      ours = time_tapsec(config, "wgbench-t");
-      if (ours) theirs = time_wg(conf_path, peers, "wgbench-w");
+      ours = time_tapsec(config, tapsec_link);
+      if (ours) theirs = time_wg(conf_path, peers, wg_link);
     } else {
-      theirs = time_wg(conf_path, peers, "wgbench-w");
-      if (theirs) ours = time_tapsec(config, "wgbench-t");
+      theirs = time_wg(conf_path, peers, wg_link);
+      if (theirs) ours = time_tapsec(config, tapsec_link);
     }
     if (!ours || !theirs) {
       exit_status = 1;
@@ -201,6 +214,10 @@ int main(int argc, char** argv) {
     std::fflush(stdout);
   }
   ::unlink(conf_path);
+  if (!keep_links) {
+    std::fprintf(stderr, "wg-config-bench: deleting %zu links (slow where the kernel waits per peer)\n", links.size());
+    for (const auto& link : links) (void)wg::delete_link(link);
+  }
   if (exit_status != 0) return exit_status;
   const double ours = median(tapsec_ms), theirs = median(wg_ms);
   std::printf(

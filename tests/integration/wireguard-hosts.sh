@@ -126,6 +126,33 @@ on_host alpha ip link show wg-impostor >/dev/null 2>&1 && fail "the refused tunn
 (($(peer_count beta wg-alpha) == 1)) || fail "beta's link changed after the refused exchange"
 echo "refused: $out"
 
+# Without WireGuard in the kernel and without Fallback=yes: a clear error,
+# and no link.
+if [[ $offload == userspace ]]; then
+  cat >"$HOSTS_DIR/alpha/policy.d/34-no-fallback.policy" <<POLICY
+[Tunnel]
+Name=no-fallback
+Protocol=wireguard
+Interface=wg-nofb
+WireGuardKey=wg-alpha
+ListenPort=51840
+PeerPublicKey=$(wg pubkey <<<"$(wg genkey)")
+AllowedIPs=10.6.0.2/32
+
+[Rule no-fallback]
+MatchTunnel=no-fallback
+Protocols=wireguard
+Action=allow
+POLICY
+  chmod 600 "$HOSTS_DIR/alpha/policy.d/34-no-fallback.policy"
+  kill -HUP "$(cat "$HOSTS_DIR/alpha/tapsecd.pid")"
+  sleep 1
+  out=$(ctl alpha tunnel up no-fallback --protocol wireguard 2>&1) && fail "no-fallback came up without WireGuard"
+  grep -q "kernel lacks WireGuard: load module wireguard or allow fallback" <<<"$out" || fail "unclear error: $out"
+  on_host alpha ip link show wg-nofb >/dev/null 2>&1 && fail "the refused tunnel left a link"
+  echo "no fallback: $out"
+fi
+
 link_path=$(ctl alpha --json wg | grep -o '"association": *"[^"]*"' | head -1 | cut -d'"' -f4)
 ctl alpha terminate "$link_path" || fail "terminating $link_path"
 sleep 1

@@ -6,6 +6,7 @@
 # real handshake, then "established". The peer's address changes: the agent
 # sees the new endpoint and signals PathChanged. A policy with a malformed
 # key is refused with a clear error and the kernel's state stays as it was.
+# The PSK is imported by name (PSKI) on tapsec's side and given to wg.
 set -u
 modprobe wireguard 2>/dev/null
 [[ -d /sys/module/wireguard ]] || { echo "FAILED: the guest kernel has no wireguard module"; exit 1; }
@@ -32,12 +33,19 @@ beta_private=$(wg genkey)
 beta_public=$(wg pubkey <<<"$beta_private")
 on_host beta ip link add wg-plain type wireguard
 (umask 077; echo "$beta_private" >"$HOSTS_DIR/beta/plain.key")
+# A PSK imported by name on tapsec's side, the same 32 bytes given to wg.
+psk_hex=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+# shellcheck disable=SC2059 # the hex digits become \xHH escapes on purpose
+(umask 077; printf "$(sed 's/../\\x&/g' <<<"$psk_hex")" | base64 >"$HOSTS_DIR/beta/plain.psk")
 on_host beta wg set wg-plain private-key "$HOSTS_DIR/beta/plain.key" listen-port 51900 \
-  peer "$alpha_public" allowed-ips 10.7.0.1/32 endpoint 192.0.2.1:51901
+  peer "$alpha_public" allowed-ips 10.7.0.1/32 endpoint 192.0.2.1:51901 preshared-key "$HOSTS_DIR/beta/plain.psk"
 on_host beta ip addr add 10.7.0.2/24 dev wg-plain
 on_host beta ip link set wg-plain up
 
 cat >"$HOSTS_DIR/alpha/policy.d/36-plain.policy" <<POLICY
+[PSK plain-psk]
+Key=hex:$psk_hex
+
 [Tunnel]
 Name=plain
 Protocol=wireguard
@@ -49,10 +57,12 @@ Port=51900
 PeerPublicKey=$beta_public
 Address=10.7.0.1/24
 AllowedIPs=10.7.0.2/32
+PSK=plain-psk
 
 [Rule plain]
 MatchTunnel=plain
 Protocols=wireguard
+PSKs=plain-psk
 Action=allow
 POLICY
 chmod 600 "$HOSTS_DIR/alpha/policy.d/36-plain.policy"
@@ -65,7 +75,9 @@ ping_on alpha -c 5 -i 0.2 -W 2 10.7.0.2 >/dev/null || fail "no ping to the plain
 sleep 1.5
 [[ $(peer_field state) == established ]] || fail "after a handshake the peer should be established: $(ctl alpha --json wg)"
 [[ $(peer_field offload) == kernel ]] || fail "offload should be kernel"
-echo "plain peer: connecting before traffic, established after, ping crosses"
+[[ $(on_host alpha wg show wg-plain preshared-keys | awk '{print $2}') == "$(cat "$HOSTS_DIR/beta/plain.psk")" ]] ||
+  fail "the imported PSK is not the one in the kernel"
+echo "plain peer: connecting before traffic, established after, ping crosses, imported PSK in use"
 
 # The peer moves to 192.0.2.12: its packets now come from there.
 dbus-monitor --address "unix:path=$HOSTS_DIR/alpha/bus" "type='signal',member='PathChanged'" >"$HOSTS_DIR/paths.out" 2>&1 &
