@@ -178,28 +178,39 @@ std::vector<wg::PeerConfig> many_peers(std::size_t count) {
   return peers;
 }
 
+std::string join(const std::vector<std::string>& fields, char separator) {
+  std::string out;
+  for (const auto& field : fields) {
+    if (!out.empty()) out.push_back(separator);
+    out.append(field);
+  }
+  return out;
+}
+
+std::string or_none(const std::string& text) { return text.empty() ? std::string("(none)") : text; }
+
 std::string dump_line(const wg::DeviceState& state) {
-  std::string out = "(hidden)\t" + (state.has_private_key ? wg::key_to_base64(state.public_key) : "(none)") + "\t" +
-                    std::to_string(state.listen_port) + "\t";
+  std::string fwmark("off");
   if (state.fwmark) {
     char hex[16];
     std::snprintf(hex, sizeof hex, "0x%x", state.fwmark);
-    out += hex;
-  } else {
-    out += "off";
+    fwmark = hex;
   }
-  out += "\n";
+  std::string out = join({"(hidden)", state.has_private_key ? wg::key_to_base64(state.public_key) : "(none)",
+                          std::to_string(state.listen_port), fwmark},
+                         '\t');
+  out.push_back('\n');
   for (const auto& peer : state.peers) {
-    out += wg::key_to_base64(peer.public_key) + "\t";
-    out += (peer.has_preshared_key ? wg::key_to_base64(peer.preshared_key) : "(none)") + "\t";
-    out += (peer.endpoint ? peer.endpoint->to_string() : "(none)") + "\t";
-    std::string ips;
-    for (const auto& ip : peer.allowed_ips) ips += (ips.empty() ? "" : ",") + ip.to_string();
-    out += (ips.empty() ? "(none)" : ips) + "\t";
-    out += std::to_string(std::chrono::duration_cast<std::chrono::seconds>(peer.last_handshake.time_since_epoch()).count());
-    out += "\t" + std::to_string(peer.rx_bytes) + "\t" + std::to_string(peer.tx_bytes) + "\t";
-    out += peer.persistent_keepalive_seconds ? std::to_string(peer.persistent_keepalive_seconds) : "off";
-    out += "\n";
+    std::vector<std::string> ips;
+    for (const auto& ip : peer.allowed_ips) ips.push_back(ip.to_string());
+    const auto seconds = std::chrono::duration_cast<std::chrono::seconds>(peer.last_handshake.time_since_epoch());
+    out += join({wg::key_to_base64(peer.public_key),
+                 peer.has_preshared_key ? wg::key_to_base64(peer.preshared_key) : "(none)",
+                 peer.endpoint ? peer.endpoint->to_string() : "(none)", or_none(join(ips, ',')),
+                 std::to_string(seconds.count()), std::to_string(peer.rx_bytes), std::to_string(peer.tx_bytes),
+                 peer.persistent_keepalive_seconds ? std::to_string(peer.persistent_keepalive_seconds) : "off"},
+                '\t');
+    out.push_back('\n');
   }
   return out;
 }

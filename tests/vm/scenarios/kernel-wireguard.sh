@@ -1,5 +1,5 @@
 #!/bin/bash
-# tapsec-vm: timeout=240
+# tapsec-vm: timeout=150
 # Kernel WireGuard through tapsec's KernelDevice on a real kernel:
 # wg-selftest builds two network namespaces joined by veth with one
 # WireGuard link in each, configures them with fresh keys and PSKs, pings
@@ -9,7 +9,8 @@
 # messages, reads everything back, removes peers and deletes the links.
 # Then interop with wireguard-tools: a link configured by KernelDevice reads
 # back identically with `wg show <if> dump`, and a link configured by
-# `wg set` reads back identically through KernelDevice.
+# `wg set` reads back identically through KernelDevice. The kernel cases of
+# kernel_wireguard_test (skipped on kernels without WireGuard) run here too.
 set -u
 
 selftest=${TAPSEC_BUILD_DIR:?TAPSEC_BUILD_DIR is not set}/agent/kernel/wg-selftest
@@ -31,6 +32,22 @@ case $status in
     77) echo "FAILED: wg-selftest found no kernel WireGuard (the guest must have it)"; exit 1 ;;
     *) echo "FAILED: wg-selftest exit $status"; exit 1 ;;
 esac
+
+# The unit test's kernel cases, which skip on kernels without WireGuard, must
+# run here.
+unit=$TAPSEC_BUILD_DIR/tests/unit/kernel/kernel_wireguard_test
+if [[ -x $unit ]]; then
+    output=$("$unit" --gtest_filter='WireGuardKernel.*' 2>&1)
+    status=$?
+    if ((status != 0)) || grep -q SKIPPED <<<"$output" || ! grep -q PASSED <<<"$output"; then
+        echo "$output"
+        echo "FAILED: kernel_wireguard_test's kernel cases (exit $status)"
+        exit 1
+    fi
+    echo "ok kernel_wireguard_test kernel cases"
+else
+    echo "kernel_wireguard_test not built: its kernel cases were not run" >&2
+fi
 
 # wg prints the private key first; tapsec's dump hides it. Compare the rest.
 compare_with_wg() {  # IFNAME WHAT
