@@ -134,7 +134,9 @@ struct IkeService::Impl : ikev2::ConfigSelector {
   const policy::Policy* policy = nullptr;
 
   IkeSockets sockets;
-  std::optional<xfrm::XfrmSocket> kernel;
+  // Mutable: reading an SA's counters (from const association()) sends a
+  // query and advances the socket's sequence number, nothing else.
+  mutable std::optional<xfrm::XfrmSocket> kernel;
   std::optional<xfrm::XfrmEvents> kernel_events;
   core::Reactor::Id events_watch = 0;
   std::optional<kernel::AddressMonitor> address_monitor;
@@ -232,7 +234,6 @@ struct IkeService::Impl : ikev2::ConfigSelector {
   }
 
   void handle(ikev2::IkeSaUp& e, std::vector<std::function<void()>>& after) {
-    bool responder_sa = !sas.count(e.ike_sa);  // we started every other one
     SaRecord& sa = sas[e.ike_sa];
     bool is_new = sa.association_id == 0;
     if (is_new) {
@@ -240,7 +241,9 @@ struct IkeService::Impl : ikev2::ConfigSelector {
       sa.tunnel = e.config_name;
       sa.created_at = wall_usec();
       by_association[sa.association_id] = {e.ike_sa, 0};
-      if (auto it = tunnels.find(e.config_name); responder_sa && it != tunnels.end())
+      // A request we initiated carried its own policy decision; an SA the
+      // peer started follows its tunnel's.
+      if (auto it = tunnels.find(e.config_name); !e.initiator && it != tunnels.end())
         sa.export_allowed = it->second.tunnel.export_allowed;
     }
     sa.up = true;
@@ -936,7 +939,7 @@ std::optional<bus::AssociationInfo> IkeService::association(std::uint64_t id) co
     info.expires_at_usec = child.created_at + std::uint64_t(c.lifetime.life_seconds) * 1000000;
   info.state = child.installed ? "established" : "failed";
   if (s.kernel && child.installed) {
-    auto& k = const_cast<xfrm::XfrmSocket&>(*s.kernel);
+    auto& k = *s.kernel;
     if (auto in = k.query_sa(c.local.address, c.inbound_spi)) {
       info.bytes_received = in.value().bytes;
       info.packets_received = in.value().packets;

@@ -17,6 +17,31 @@ std::vector<Proposal> ike_offers_with_spi(const SecurityAssociationPayload& sa) 
 }
 
 
+// The IKE SA that replaces `old` (RFC 7296 §2.18): new SPIs, suite and
+// nonces; path, fragmentation, retransmission and signature hashes carry
+// over. Keys are derived by the caller.
+std::unique_ptr<IkeSa> successor_of(const IkeSa& old, bool initiator, std::uint64_t spi_i, std::uint64_t spi_r,
+                                    const AlgorithmSuite& suite, std::vector<std::uint8_t> nonce_i,
+                                    std::vector<std::uint8_t> nonce_r, TimePoint now) {
+  auto next = std::make_unique<IkeSa>();
+  next->assoc = old.assoc;
+  next->phase = Phase::Established;
+  next->initiator = initiator;
+  next->spi_i = spi_i;
+  next->spi_r = spi_r;
+  next->local = old.local;
+  next->remote = old.remote;
+  next->suite = suite;
+  next->nonce_i = std::move(nonce_i);
+  next->nonce_r = std::move(nonce_r);
+  next->peer_fragmentation = old.peer_fragmentation;
+  next->fragment_size = old.fragment_size;
+  next->retransmit = old.retransmit;
+  next->peer_signature_hashes = old.peer_signature_hashes;
+  next->created = now;
+  return next;
+}
+
 }  // namespace
 
 void IkeEngine::Impl::start_rekey_ike(Association& assoc, IkeSa& sa, const task::RekeyIke& task, TimePoint now) {
@@ -84,22 +109,9 @@ std::vector<Payload> IkeEngine::Impl::handle_rekey_ike_request(IkeSa& sa, const 
   const auto shared = kex ? kex->shared_secret(ke->data) : std::nullopt;
   if (!peer_spi || *peer_spi == 0 || !shared) return {make_notify(notify::kInvalidSyntax)};
 
-  auto next = std::make_unique<IkeSa>();
-  next->assoc = &assoc;
-  next->phase = Phase::Established;
-  next->initiator = false;  // the rekey's initiator is the new IKE SA's initiator
-  next->spi_i = *peer_spi;
-  next->spi_r = new_spi();
-  next->local = sa.local;
-  next->remote = sa.remote;
-  next->suite = chosen->suite;
-  next->nonce_i = nonce->data;
-  next->nonce_r = random_bytes(kNonceSize);
-  next->peer_fragmentation = sa.peer_fragmentation;
-  next->fragment_size = sa.fragment_size;
-  next->retransmit = sa.retransmit;
-  next->peer_signature_hashes = sa.peer_signature_hashes;
-  next->created = now;
+  // The rekey's initiator is the new IKE SA's initiator: here the peer.
+  auto next = successor_of(sa, /*initiator=*/false, *peer_spi, new_spi(), chosen->suite, nonce->data,
+                           random_bytes(kNonceSize), now);
   derive_ike_sa_keys(*next, *shared, &sa.keys.sk_d, sa.suite.prf);
 
   Proposal proposal = chosen->proposal;
@@ -172,22 +184,7 @@ void IkeEngine::Impl::handle_rekey_ike_response(IkeSa& sa, const std::vector<Pay
     return;
   }
 
-  auto next = std::make_unique<IkeSa>();
-  next->assoc = &assoc;
-  next->phase = Phase::Established;
-  next->initiator = true;
-  next->spi_i = flight.new_spi;
-  next->spi_r = *peer_spi;
-  next->local = sa.local;
-  next->remote = sa.remote;
-  next->suite = *suite;
-  next->nonce_i = flight.nonce;
-  next->nonce_r = nonce->data;
-  next->peer_fragmentation = sa.peer_fragmentation;
-  next->fragment_size = sa.fragment_size;
-  next->retransmit = sa.retransmit;
-  next->peer_signature_hashes = sa.peer_signature_hashes;
-  next->created = now;
+  auto next = successor_of(sa, /*initiator=*/true, flight.new_spi, *peer_spi, *suite, flight.nonce, nonce->data, now);
   derive_ike_sa_keys(*next, *shared, &sa.keys.sk_d, sa.suite.prf);
   IkeSa& ours = add_sa(std::move(next));
 
