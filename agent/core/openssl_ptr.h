@@ -3,6 +3,8 @@
 #pragma once
 
 #include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/kdf.h>
 
 #include <memory>
 #include <string>
@@ -19,6 +21,15 @@ struct OpenSslDeleter {
 
 template <typename T, auto FreeFunction>
 using OpenSslPtr = std::unique_ptr<T, OpenSslDeleter<FreeFunction>>;
+
+// The EVP objects every engine uses.
+using EvpPkeyPtr = OpenSslPtr<EVP_PKEY, EVP_PKEY_free>;
+using EvpPkeyCtxPtr = OpenSslPtr<EVP_PKEY_CTX, EVP_PKEY_CTX_free>;
+using EvpMdCtxPtr = OpenSslPtr<EVP_MD_CTX, EVP_MD_CTX_free>;
+using EvpMacCtxPtr = OpenSslPtr<EVP_MAC_CTX, EVP_MAC_CTX_free>;
+using EvpCipherCtxPtr = OpenSslPtr<EVP_CIPHER_CTX, EVP_CIPHER_CTX_free>;
+using EvpKdfPtr = OpenSslPtr<EVP_KDF, EVP_KDF_free>;
+using EvpKdfCtxPtr = OpenSslPtr<EVP_KDF_CTX, EVP_KDF_CTX_free>;
 
 // Drains OpenSSL's error queue of this thread into one readable line.
 inline std::string take_openssl_errors() {

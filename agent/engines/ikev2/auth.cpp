@@ -37,7 +37,7 @@ using X509StoreCtxPtr = OpenSslPtr<X509_STORE_CTX, X509_STORE_CTX_free>;
 using X509NamePtr = OpenSslPtr<X509_NAME, X509_NAME_free>;
 using X509AlgorPtr = OpenSslPtr<X509_ALGOR, X509_ALGOR_free>;
 using GeneralNamesPtr = OpenSslPtr<GENERAL_NAMES, free_general_names>;
-using EvpMdCtxPtr = OpenSslPtr<EVP_MD_CTX, EVP_MD_CTX_free>;
+using core::EvpMdCtxPtr;
 using EcdsaSigPtr = OpenSslPtr<ECDSA_SIG, ECDSA_SIG_free>;
 using BioPtr = OpenSslPtr<BIO, BIO_free_all>;
 using BignumPtr = OpenSslPtr<BIGNUM, BN_free>;

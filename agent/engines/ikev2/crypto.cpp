@@ -22,9 +22,9 @@ namespace {
 
 using core::OpenSslPtr;
 
-using EvpPkeyPtr = OpenSslPtr<EVP_PKEY, EVP_PKEY_free>;
-using EvpPkeyCtxPtr = OpenSslPtr<EVP_PKEY_CTX, EVP_PKEY_CTX_free>;
-using EvpMacCtxPtr = OpenSslPtr<EVP_MAC_CTX, EVP_MAC_CTX_free>;
+using core::EvpMacCtxPtr;
+using core::EvpPkeyCtxPtr;
+using core::EvpPkeyPtr;
 using BignumPtr = OpenSslPtr<BIGNUM, BN_clear_free>;
 using BnCtxPtr = OpenSslPtr<BN_CTX, BN_CTX_free>;
 using ParamBuildPtr = OpenSslPtr<OSSL_PARAM_BLD, OSSL_PARAM_BLD_free>;

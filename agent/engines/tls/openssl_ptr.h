@@ -10,9 +10,9 @@
 #include <openssl/x509.h>
 
 #include <memory>
+#include <string>
 
 #include "agent/core/openssl_ptr.h"
-#include <string>
 
 namespace tapsec::tls::detail {
 
@@ -24,11 +24,11 @@ using SslPtr = OpenSslPtr<SSL, SSL_free>;
 using SslSessionPtr = OpenSslPtr<SSL_SESSION, SSL_SESSION_free>;
 using X509Ptr = OpenSslPtr<X509, X509_free>;
 using X509StorePtr = OpenSslPtr<X509_STORE, X509_STORE_free>;
-using EvpPkeyPtr = OpenSslPtr<EVP_PKEY, EVP_PKEY_free>;
 using BioPtr = OpenSslPtr<BIO, BIO_free_all>;
-using EvpCipherCtxPtr = OpenSslPtr<EVP_CIPHER_CTX, EVP_CIPHER_CTX_free>;
-using EvpKdfPtr = OpenSslPtr<EVP_KDF, EVP_KDF_free>;
-using EvpKdfCtxPtr = OpenSslPtr<EVP_KDF_CTX, EVP_KDF_CTX_free>;
+using core::EvpCipherCtxPtr;
+using core::EvpKdfCtxPtr;
+using core::EvpKdfPtr;
+using core::EvpPkeyPtr;
 
 inline void free_x509_stack(STACK_OF(X509) * chain) { sk_X509_pop_free(chain, X509_free); }
 using X509StackPtr = OpenSslPtr<STACK_OF(X509), free_x509_stack>;

@@ -16,11 +16,10 @@
 namespace tapsec::wireguard {
 namespace {
 
-using core::OpenSslPtr;
-using EvpPkeyPtr = OpenSslPtr<EVP_PKEY, EVP_PKEY_free>;
-using EvpPkeyCtxPtr = OpenSslPtr<EVP_PKEY_CTX, EVP_PKEY_CTX_free>;
-using EvpKdfPtr = OpenSslPtr<EVP_KDF, EVP_KDF_free>;
-using EvpKdfCtxPtr = OpenSslPtr<EVP_KDF_CTX, EVP_KDF_CTX_free>;
+using core::EvpKdfCtxPtr;
+using core::EvpKdfPtr;
+using core::EvpPkeyCtxPtr;
+using core::EvpPkeyPtr;
 
 enum MessageType : std::uint8_t { kHello = 1, kRotate = 2, kAck = 3, kError = 4 };
 

@@ -12,6 +12,7 @@
 #   tapsec_assoc_field HOST PROTOCOL FIELD [STATE]   a field of the newest matching association
 #   tapsec_wait_assoc HOST PROTOCOL STATE SECONDS
 #   ike_psk_hex                      the lab's pre-shared key, hex (32 bytes)
+#   ike_tunnel_to_charon [KEY=VALUE...]   tapsec (alpha) to charon (beta), up with a Child SA
 
 IKE_BUILD=${TAPSEC_BUILD_DIR:-}
 TAPSECD=$IKE_BUILD/agent/tapsecd
@@ -124,6 +125,19 @@ tapsec_policy_tunnel() {
     printf '\n[Rule %s]\nMatchTunnel=%s\nProtocols=ikev2\n%s\nAction=allow\n' "$name" "$name" "$grants"
   } >"$file"
   chmod 600 "$file"
+}
+
+# ike_tunnel_to_charon [KEY=VALUE...]: the common lab: tapsec on alpha with
+# tunnel "to-beta" (10.1.0.0/24 <-> 10.2.0.0/24, PSK; extra tunnel keys as
+# given) up to charon on beta ("from-alpha"), with its first Child SA.
+ike_tunnel_to_charon() {
+  tapsec_policy_tunnel "$IKE_WORK/alpha" to-beta Peer=192.0.2.2 LocalId=alpha.example RemoteId=beta.example \
+    LocalTS=10.1.0.0/24 RemoteTS=10.2.0.0/24 "$@"
+  tapsec_start alpha "$IKE_WORK/alpha" || ike_fail "tapsecd did not start"
+  charon_start "$NS_BETA" "$IKE_WORK/beta" || ike_fail "charon did not start"
+  swan_peer "$IKE_WORK/beta" from-alpha 192.0.2.2 192.0.2.1 10.2.0.0/24 10.1.0.0/24 beta.example alpha.example
+  charon_load "$IKE_WORK/beta" || ike_fail "loading beta"
+  tapsec_ctl alpha tunnel up to-beta && tapsec_wait_assoc alpha esp established 30 || ike_fail "tunnel up"
 }
 
 # tapsec_assocs HOST: one line per association, fields separated by tabs:
