@@ -28,6 +28,7 @@
 #include <functional>
 #include <random>
 
+#include "agent/kernel/netlink_ack.h"
 #include "agent/kernel/wireguard.h"
 #include "agent/kernel/wireguard_netlink_codec.h"
 
@@ -454,23 +455,6 @@ class WipedBuffer {
   std::vector<std::uint8_t> bytes_;
 };
 
-std::string kernel_text(const nlmsghdr* header) {
-  if (!(header->nlmsg_flags & NLM_F_ACK_TLVS)) return {};
-  const auto* error = static_cast<const nlmsgerr*>(NLMSG_DATA(header));
-  std::size_t offset = sizeof(nlmsgerr);
-  if (!(header->nlmsg_flags & NLM_F_CAPPED)) offset += error->msg.nlmsg_len - NLMSG_HDRLEN;
-  offset = NLMSG_ALIGN(offset);
-  const std::size_t payload = header->nlmsg_len - NLMSG_HDRLEN;
-  if (offset >= payload) return {};
-  nlattr* attributes[NLMSGERR_ATTR_MAX + 1] = {};
-  auto* first = reinterpret_cast<nlattr*>(static_cast<std::uint8_t*>(NLMSG_DATA(header)) + offset);
-  if (nla_parse(attributes, NLMSGERR_ATTR_MAX, first, static_cast<int>(payload - offset), nullptr) < 0) return {};
-  const nlattr* text = attributes[NLMSGERR_ATTR_MSG];
-  if (!text || nla_len(text) <= 0) return {};
-  const char* characters = static_cast<const char*>(nla_data(text));
-  return std::string(characters, ::strnlen(characters, static_cast<std::size_t>(nla_len(text))));
-}
-
 // The outcome of one request: 0 or the kernel's errno, and its words.
 struct Answer {
   int error_number = 0;
@@ -560,7 +544,7 @@ class Channel {
             answer.error_number = EPROTO;
           } else {
             answer.error_number = -static_cast<const nlmsgerr*>(NLMSG_DATA(reply))->error;
-            answer.kernel_message = kernel_text(reply);
+            answer.kernel_message = extended_ack_text(reply);
           }
           return R::success(std::move(answer));
         }

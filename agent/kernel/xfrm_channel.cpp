@@ -11,6 +11,8 @@
 #include <cstring>
 #include <random>
 
+#include "agent/kernel/netlink_ack.h"
+
 namespace tapsec::kernel::xfrm::detail {
 namespace {
 
@@ -25,23 +27,6 @@ constexpr int kLargeReceiveBuffer = 8 * 1024 * 1024;
 constexpr std::size_t kLargeWindow = 2048;
 constexpr std::size_t kSmallWindow = 64;
 constexpr int kAcknowledgementTimeoutSeconds = 10;
-
-std::string kernel_text(const nlmsghdr* header) {
-  if (!(header->nlmsg_flags & NLM_F_ACK_TLVS)) return {};
-  const auto* error = static_cast<const nlmsgerr*>(NLMSG_DATA(header));
-  std::size_t offset = sizeof(nlmsgerr);
-  if (!(header->nlmsg_flags & NLM_F_CAPPED)) offset += error->msg.nlmsg_len - NLMSG_HDRLEN;
-  offset = NLMSG_ALIGN(offset);
-  const std::size_t payload = header->nlmsg_len - NLMSG_HDRLEN;
-  if (offset >= payload) return {};
-  nlattr* attributes[NLMSGERR_ATTR_MAX + 1] = {};
-  auto* first = reinterpret_cast<nlattr*>(const_cast<std::uint8_t*>(static_cast<const std::uint8_t*>(NLMSG_DATA(header))) + offset);
-  if (nla_parse(attributes, NLMSGERR_ATTR_MAX, first, static_cast<int>(payload - offset), nullptr) < 0) return {};
-  const nlattr* text = attributes[NLMSGERR_ATTR_MSG];
-  if (!text || nla_len(text) <= 0) return {};
-  const char* characters = static_cast<const char*>(nla_data(text));
-  return std::string(characters, ::strnlen(characters, static_cast<std::size_t>(nla_len(text))));
-}
 
 }  // namespace
 
@@ -148,7 +133,7 @@ Result<std::vector<Outcome>> XfrmChannel::exchange(std::size_t count, const Buil
           outcome.error_number = EPROTO;
         } else {
           outcome.error_number = -static_cast<const nlmsgerr*>(NLMSG_DATA(header))->error;
-          outcome.kernel_message = kernel_text(header);
+          outcome.kernel_message = extended_ack_text(header);
         }
         awaiting[index] = false;
         --outstanding;
