@@ -93,6 +93,7 @@ struct AssociationInfo {
   std::string public_key, peer_public_key;  // base64
   std::uint16_t listen_port = 0;
   std::uint64_t last_handshake_usec = 0;  // 0 = never
+  std::string preshared_key;  // a peer's PSK: "exchanged" | "static" | "none"
 };
 
 // The a{sv} props of EstablishTunnel (see dbus/API.md).

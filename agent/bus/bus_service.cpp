@@ -245,6 +245,7 @@ const AssociationProperty kAssociationProperties[] = {
     {"PeerPublicKey", &AssociationInfo::peer_public_key},
     {"ListenPort", &AssociationInfo::listen_port},
     {"LastHandshake", &AssociationInfo::last_handshake_usec},
+    {"PresharedKey", &AssociationInfo::preshared_key},
 };
 
 int append_association_property(sd_bus_message* reply, const AssociationInfo& info, const AssociationField& field) {
@@ -712,6 +713,7 @@ struct BusService::Handlers {
       TAPSEC_ASSOCIATION_PROPERTY("PeerPublicKey", "s", SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
       TAPSEC_ASSOCIATION_PROPERTY("ListenPort", "q", SD_BUS_VTABLE_PROPERTY_CONST),
       TAPSEC_ASSOCIATION_PROPERTY("LastHandshake", "t", 0),
+      TAPSEC_ASSOCIATION_PROPERTY("PresharedKey", "s", SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
       SD_BUS_METHOD_WITH_ARGS("UpdateKeys", SD_BUS_ARGS("b", request_peer), SD_BUS_NO_RESULT,
                               update_keys, SD_BUS_VTABLE_UNPRIVILEGED),
       SD_BUS_METHOD_WITH_ARGS("ExportKeyingMaterial", SD_BUS_ARGS("s", label, "ay", context, "u", length),

@@ -975,6 +975,7 @@ std::optional<bus::AssociationInfo> WgService::association(std::uint64_t id) con
   info.bytes_received = peer.rx_bytes;
   info.last_handshake_usec = usec(peer.last_handshake);
   info.key_epoch = peer.psk_epoch;
+  info.preshared_key = !peer.has_psk ? "none" : peer.static_psk ? "static" : "exchanged";
   info.expires_at_usec = peer.next_rotation_usec;
   info.state = s.peer_state(link);
   info.created_at_usec = peer.created_at;

@@ -802,11 +802,12 @@ std::vector<std::string> split_addresses(const std::string& text) {
 }
 
 std::string psk_text(const PropertyList& peer, std::uint64_t now) {
+  const std::string mode = property_text(peer, "PresharedKey");
+  if (mode == "static") return "static (imported by name)";
+  if (mode != "exchanged") return "none";
   const std::uint64_t epoch = property_number(peer, "KeyEpoch");
   const std::uint64_t rotates = property_number(peer, "ExpiresAt");
-  // Epoch 0: the agents exchanged nothing; a static PSK and none look alike on the bus.
-  if (epoch == 0) return "static or none (not exchanged)";
-  std::string text = "epoch " + std::to_string(epoch);
+  std::string text = "exchanged, epoch " + std::to_string(epoch);
   if (rotates == 0) return text + ", not rotated";
   if (rotates <= now) return text + ", rotation due";
   return text + ", rotates in " + duration_text(seconds_between(now, rotates));
@@ -875,6 +876,7 @@ void write_wireguard_json(JsonWriter& json, const std::vector<WireGuardLink>& li
       json.field("latest_handshake", property_number(peer, "LastHandshake") / 1000000);
       json.field("rx_bytes", property_number(peer, "BytesReceived"));
       json.field("tx_bytes", property_number(peer, "BytesSent"));
+      json.field("psk", property_text(peer, "PresharedKey"));
       json.field("psk_epoch", property_number(peer, "KeyEpoch"));
       json.field("psk_rotates_at", property_number(peer, "ExpiresAt") / 1000000);
       json.field("state", property_text(peer, "State"));

@@ -860,6 +860,7 @@ TEST_F(BusServiceTest, AssociationObjectsAppearAndDisappear) {
       {"PeerPublicKey", "s:"},
       {"ListenPort", "q:0"},
       {"LastHandshake", "t:0"},
+      {"PresharedKey", "s:"},
   };
   EXPECT_EQ(properties, expected);
 

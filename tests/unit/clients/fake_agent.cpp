@@ -325,6 +325,7 @@ int wireguard_property(const std::string& path, const std::string& name, sd_bus_
   if (name == "BytesReceived") return number(talking ? 1229 : 0);     // 1.20 KiB
   if (name == "LastHandshake") return number(talking ? now_usec() - 12 * 1000000 : 0);
   if (name == "KeyEpoch") return number(talking ? 3 : 0);
+  if (name == "PresharedKey") return text(link ? "" : talking ? "exchanged" : "static");
   if (name == "ExpiresAt") return number(talking ? now_usec() + 95 * 1000000 : 0);
   if (name == "CreatedAt") return number(1700000000000000);
   if (name == "OwnerUid") return sd_bus_message_append(reply, "u", 0u);
@@ -343,7 +344,8 @@ int FakeAgent::get_property(sd_bus*, const char* path, const char* interface, co
   if (!manager && (object == kWgInterfacePath || object == kWgPeerPath || object == kWgSilentPeerPath))
     return wireguard_property(object, name, reply);
   // The WireGuard properties of the other associations: empty.
-  if (name == "Interface" || name == "PublicKey" || name == "PeerPublicKey") return sd_bus_message_append(reply, "s", "");
+  if (name == "Interface" || name == "PublicKey" || name == "PeerPublicKey" || name == "PresharedKey")
+    return sd_bus_message_append(reply, "s", "");
   if (name == "ListenPort") return sd_bus_message_append(reply, "q", std::uint16_t{0});
   if (name == "LastHandshake") return sd_bus_message_append(reply, "t", std::uint64_t{0});
   if (!manager && (std::string(path) == kIkeSaPath || std::string(path) == kChildSaPath))
@@ -451,6 +453,7 @@ bool FakeAgent::start() {
       FAKE_PROPERTY("ListenPort", "q"),
       FAKE_PROPERTY("PeerPublicKey", "s"),
       FAKE_PROPERTY("LastHandshake", "t"),
+      FAKE_PROPERTY("PresharedKey", "s"),
       SD_BUS_METHOD("UpdateKeys", "b", "", on_update_keys, SD_BUS_VTABLE_UNPRIVILEGED),
       SD_BUS_METHOD("ExportKeyingMaterial", "sayu", "ay", on_export, SD_BUS_VTABLE_UNPRIVILEGED),
       SD_BUS_METHOD("Terminate", "", "", on_terminate, SD_BUS_VTABLE_UNPRIVILEGED),

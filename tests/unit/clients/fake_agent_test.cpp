@@ -734,13 +734,13 @@ TEST_F(WireGuardAgainstFake, ShowIsLikeWgShow) {
       "    allowed ips: 10.9.0.2/32, 10.20.0.0/16\n"
       "    latest handshake: 12 seconds ago\n"
       "    transfer: 1.20 KiB received, 3.40 KiB sent\n"
-      "    preshared key: epoch 3, rotates in 1 minute, 35 seconds\n"
+      "    preshared key: exchanged, epoch 3, rotates in 1 minute, 35 seconds\n"
       "    state: established\n"
       "\n"
       "  peer: MiWQAZfPsc0aR3I2Tx/wTXjEVRdeY9JicV6USEnXMk8=  (wireguard:MiWQAZfP)\n"
       "    allowed ips: 10.9.0.3/32\n"
       "    latest handshake: (none)\n"
-      "    preshared key: static or none (not exchanged)\n"
+      "    preshared key: static (imported by name)\n"
       "    state: connecting\n";
   auto o = tapsecctl({"wg"});
   EXPECT_EQ(o.exit_code, 0) << o.err;
@@ -781,6 +781,7 @@ TEST_F(WireGuardAgainstFake, ShowJsonParsesBack) {
   EXPECT_EQ(beta["rx_bytes"].number, 1229u);
   EXPECT_EQ(beta["tx_bytes"].number, 3482u);
   EXPECT_EQ(beta["psk_epoch"].number, 3u);
+  EXPECT_EQ(beta["psk"].text, "exchanged");
   EXPECT_GE(beta["psk_rotates_at"].number, before + 94);
   EXPECT_LE(beta["psk_rotates_at"].number, after + 95);
   EXPECT_EQ(beta["state"].text, "established");
@@ -792,6 +793,7 @@ TEST_F(WireGuardAgainstFake, ShowJsonParsesBack) {
   EXPECT_EQ(silent["latest_handshake"].kind, Json::Kind::Number);
   EXPECT_EQ(silent["latest_handshake"].number, 0u);
   EXPECT_EQ(silent["psk_epoch"].number, 0u);
+  EXPECT_EQ(silent["psk"].text, "static");
   EXPECT_EQ(silent["psk_rotates_at"].number, 0u);
   EXPECT_EQ(silent["state"].text, "connecting");
   EXPECT_EQ(silent["association"].text, FakeAgent::kWgSilentPeerPath);
