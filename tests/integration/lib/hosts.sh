@@ -163,7 +163,7 @@ hosts_down() {
   for h in alpha beta; do
     [[ -f $HOSTS_DIR/$h/tapsecd.pid ]] && kill "$(cat "$HOSTS_DIR/$h/tapsecd.pid")" 2>/dev/null
     [[ -f $HOSTS_DIR/$h/bus.pid ]] && kill "$(cat "$HOSTS_DIR/$h/bus.pid")" 2>/dev/null
-    ip netns pids "${HOSTS_PREFIX}-$h" 2>/dev/null | xargs -r kill 2>/dev/null
+    ip netns pids "${HOSTS_PREFIX}-$h" 2>/dev/null | xargs -r kill 2>/dev/null || true  # some may be gone already
     ip netns del "${HOSTS_PREFIX}-$h" 2>/dev/null
   done
   wait 2>/dev/null
