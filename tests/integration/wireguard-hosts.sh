@@ -56,6 +56,15 @@ agreed_psks() {
   echo "$a / $b"
   return 1
 }
+# alpha_policy FILE: writes stdin as alpha's policy file FILE and has the
+# agent read its policy again.
+alpha_policy() {
+  local file=$HOSTS_DIR/alpha/policy.d/$1
+  cat >"$file"
+  chmod 600 "$file"
+  kill -HUP "$(cat "$HOSTS_DIR/alpha/tapsecd.pid")"
+  sleep 1
+}
 peer_count() { on_host "$1" wg show "$2" peers 2>/dev/null | grep -c .; }
 
 hosts_up "$build"
@@ -88,7 +97,7 @@ ctl alpha wg pubkey wg-alpha | grep -qE '^[A-Za-z0-9+/]{43}=$' || fail "wg pubke
 
 # A peer that fails authentication: beta expects alpha.test; an alpha tunnel
 # presenting beta's certificate is refused and leaves no link behind.
-cat >"$HOSTS_DIR/alpha/policy.d/35-impostor.policy" <<POLICY
+alpha_policy 35-impostor.policy <<POLICY
 [Identity wg-impostor]
 Type=wireguard
 PrivateKey=$HOSTS_DIR/alpha/impostor.key
@@ -116,9 +125,6 @@ MatchTunnel=impostor
 Protocols=wireguard
 Action=allow
 POLICY
-chmod 600 "$HOSTS_DIR/alpha/policy.d/35-impostor.policy"
-kill -HUP "$(cat "$HOSTS_DIR/alpha/tapsecd.pid")"
-sleep 1
 out=$(ctl alpha tunnel up impostor --protocol wireguard 2>&1) && fail "a peer with the wrong name was accepted: $out"
 grep -qE "PeerNotValidated|validation failed|is not \"" <<<"$out" || fail "expected a validation error, got: $out"
 sleep 1
@@ -129,7 +135,7 @@ echo "refused: $out"
 # Without WireGuard in the kernel and without Fallback=yes: a clear error,
 # and no link.
 if [[ $offload == userspace ]]; then
-  cat >"$HOSTS_DIR/alpha/policy.d/34-no-fallback.policy" <<POLICY
+  alpha_policy 34-no-fallback.policy <<POLICY
 [Tunnel]
 Name=no-fallback
 Protocol=wireguard
@@ -144,9 +150,6 @@ MatchTunnel=no-fallback
 Protocols=wireguard
 Action=allow
 POLICY
-  chmod 600 "$HOSTS_DIR/alpha/policy.d/34-no-fallback.policy"
-  kill -HUP "$(cat "$HOSTS_DIR/alpha/tapsecd.pid")"
-  sleep 1
   out=$(ctl alpha tunnel up no-fallback --protocol wireguard 2>&1) && fail "no-fallback came up without WireGuard"
   grep -q "kernel lacks WireGuard: load module wireguard or allow fallback" <<<"$out" || fail "unclear error: $out"
   on_host alpha ip link show wg-nofb >/dev/null 2>&1 && fail "the refused tunnel left a link"
@@ -182,7 +185,7 @@ else
     on_host beta ip link set wg-plain-b up
   }
   plain_peer_up
-  cat >"$HOSTS_DIR/alpha/policy.d/36-plain.policy" <<POLICY
+  alpha_policy 36-plain.policy <<POLICY
 [Tunnel]
 Name=plain
 Protocol=wireguard
@@ -201,9 +204,6 @@ MatchTunnel=plain
 Protocols=wireguard
 Action=allow
 POLICY
-  chmod 600 "$HOSTS_DIR/alpha/policy.d/36-plain.policy"
-  kill -HUP "$(cat "$HOSTS_DIR/alpha/tapsecd.pid")"
-  sleep 1
   ctl alpha tunnel up plain --protocol wireguard >/dev/null || fail "tunnel up plain"
   ping_on alpha -c 3 -i 0.2 -W 2 10.7.0.2 >/dev/null || fail "no ping to the plain peer by host name"
   beta_dev="${HOSTS_PREFIX:0:8}b"

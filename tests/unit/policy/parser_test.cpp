@@ -12,13 +12,9 @@ using testing::kKeyHex;
 using testing::parse_errors;
 using testing::parse_ok;
 
-// Expects exactly one error, at `line`, whose message contains `fragment`.
+// Expects exactly one error in "f.policy", at `line`, whose message contains `fragment`.
 void expect_single_error(std::string_view text, unsigned line, std::string_view fragment) {
-  const auto errors = parse_errors(text, "f.policy");
-  ASSERT_EQ(errors.size(), 1u) << describe(errors);
-  EXPECT_EQ(errors[0].file, "f.policy");
-  EXPECT_EQ(errors[0].line, line) << describe(errors);
-  EXPECT_NE(errors[0].message.find(fragment), std::string::npos) << describe(errors);
+  testing::expect_single_error(text, line, fragment, "f.policy");
 }
 
 Request tls_client_request() {

@@ -42,6 +42,17 @@ inline std::string describe(const std::vector<Error>& errors) {
   return all;
 }
 
+// Expects exactly one error, in `file` at `line`, whose message contains
+// `fragment`.
+inline void expect_single_error(std::string_view text, unsigned line, std::string_view fragment,
+                                const std::string& file = "t.policy") {
+  const auto errors = parse_errors(text, file);
+  ASSERT_EQ(errors.size(), 1u) << describe(errors);
+  EXPECT_EQ(errors[0].file, file);
+  EXPECT_EQ(errors[0].line, line) << describe(errors);
+  EXPECT_NE(errors[0].message.find(fragment), std::string::npos) << describe(errors);
+}
+
 // A directory under $TMPDIR removed with everything in it at the end.
 class TempDir {
  public:

@@ -14,21 +14,13 @@ namespace tapsec::policy {
 namespace {
 
 using testing::describe;
+using testing::expect_single_error;
 using testing::kKeyHex;
 using testing::parse_errors;
 using testing::parse_ok;
 using testing::TempDir;
 
 const std::string kPsk = std::string("[PSK link]\nKey=hex:") + kKeyHex + "\n";  // lines 1-2
-
-// Expects exactly one error, at `line`, whose message contains `fragment`.
-void expect_single_error(const std::string& text, unsigned line, std::string_view fragment) {
-  const auto errors = parse_errors(text, "t.policy");
-  ASSERT_EQ(errors.size(), 1u) << describe(errors);
-  EXPECT_EQ(errors[0].file, "t.policy");
-  EXPECT_EQ(errors[0].line, line) << describe(errors);
-  EXPECT_NE(errors[0].message.find(fragment), std::string::npos) << describe(errors);
-}
 
 // A minimal valid tunnel after kPsk (header at line 3); `extra` lines follow
 // its Name= (line 4), PSK= (line 5): the first extra line is line 6.

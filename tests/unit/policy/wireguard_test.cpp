@@ -13,6 +13,7 @@ namespace tapsec::policy {
 namespace {
 
 using testing::describe;
+using testing::expect_single_error;
 using testing::kKeyHex;
 using testing::parse_errors;
 using testing::parse_ok;
@@ -22,14 +23,6 @@ constexpr const char* kPeerKey = "zP8JjmCn7M1N4sCpPjVRgMq9+4AxVByfGxpBjyEvUkk=";
 
 // Lines 1-3: the WireGuard identity every tunnel below uses.
 const std::string kWgIdentity = "[Identity wg]\nType=wireguard\nPrivateKey=/etc/tapsec/wg.key\n";
-
-void expect_single_error(const std::string& text, unsigned line, std::string_view fragment) {
-  const auto errors = parse_errors(text, "t.policy");
-  ASSERT_EQ(errors.size(), 1u) << describe(errors);
-  EXPECT_EQ(errors[0].file, "t.policy");
-  EXPECT_EQ(errors[0].line, line) << describe(errors);
-  EXPECT_NE(errors[0].message.find(fragment), std::string::npos) << describe(errors);
-}
 
 // A minimal valid wireguard tunnel: header at line 4, then Name= (5),
 // Protocol= (6), WireGuardKey= (7), AllowedIPs= (8), PeerPublicKey= (9);
