@@ -223,7 +223,11 @@ POLICY
   done
   grep -q "WireGuard peer re-resolved.*192.0.2.12" "$HOSTS_DIR/alpha/tapsecd.log" ||
     fail "the tunnel works again, but not because the agent re-resolved the name"
-  moved="plain-peer.test re-resolved to 192.0.2.12 after a stale handshake"
+  # Beta's own move is a local address change for its agent's link to alpha.
+  grep -q 'WireGuard path changed tunnel=wg-to-alpha from="192.0.2.2 -> 192.0.2.1:51820" to="192.0.2.12 -> 192.0.2.1:51820"' \
+    "$HOSTS_DIR/beta/tapsecd.log" || fail "beta's agent did not see its own address change"
+  moved="plain-peer.test re-resolved to 192.0.2.12 after a stale handshake, beta's local move seen"
+
   echo "$moved"
 fi
 
