@@ -11,6 +11,8 @@
 # The addresses are from TEST-NET-1 (RFC 5737) and exist only inside the
 # namespaces these functions create.
 
+source "$(dirname "${BASH_SOURCE[0]}")/private-bus.sh"
+
 HOSTS_PREFIX=${HOSTS_PREFIX:-tapsec$$}
 HOSTS_DIR=${HOSTS_DIR:-$(mktemp -d /tmp/tapsec-hosts.XXXXXX)}
 declare -A HOST_ADDRESS=([alpha]=192.0.2.1 [beta]=192.0.2.2)
@@ -123,21 +125,7 @@ hosts_up() {
     ip -n "$ns" link set "$dev" up
     mkdir -p "$HOSTS_DIR/$h"
     hosts_write_policy "$h"
-    cat >"$HOSTS_DIR/$h/bus.conf" <<CONF
-<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>session</type>
-  <listen>unix:path=$HOSTS_DIR/$h/bus</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow send_destination="*"/>
-    <allow receive_sender="*"/>
-    <allow own="*"/>
-  </policy>
-</busconfig>
-CONF
-    dbus-daemon --config-file="$HOSTS_DIR/$h/bus.conf" --fork --print-pid >"$HOSTS_DIR/$h/bus.pid"
+    private_bus_start "$HOSTS_DIR/$h"
     # shellcheck disable=SC2086 # TAPSECD_ARGS is a list of options
     ip netns exec "$ns" "$build/agent/tapsecd" --bus "unix:path=$HOSTS_DIR/$h/bus" ${TAPSECD_ARGS:-} \
       --policy-dir "$HOSTS_DIR/$h/policy.d" 2>"$HOSTS_DIR/$h/tapsecd.log" &

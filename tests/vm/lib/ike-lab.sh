@@ -14,6 +14,7 @@
 #   ike_psk_hex                      the lab's pre-shared key, hex (32 bytes)
 #   ike_tunnel_to_charon [KEY=VALUE...]   tapsec (alpha) to charon (beta), up with a Child SA
 
+source "$(dirname "${BASH_SOURCE[0]}")/../../integration/lib/private-bus.sh"
 IKE_BUILD=${TAPSEC_BUILD_DIR:-}
 TAPSECD=$IKE_BUILD/agent/tapsecd
 TAPSECCTL=$IKE_BUILD/dbus/tapsecctl/tapsecctl
@@ -33,21 +34,7 @@ tapsec_start() {
   local host=$1 dir=$2 i
   mkdir -p "$dir/policy.d"
   chmod 700 "$dir/policy.d"
-  cat >"$dir/bus.conf" <<CONF
-<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>session</type>
-  <listen>unix:path=$dir/bus</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow send_destination="*"/>
-    <allow receive_sender="*"/>
-    <allow own="*"/>
-  </policy>
-</busconfig>
-CONF
-  dbus-daemon --config-file="$dir/bus.conf" --fork --print-pid >"$dir/bus.pid" || return 1
+  private_bus_start "$dir" || return 1
   ipsec_on "$host" "$TAPSECD" --bus "unix:path=$dir/bus" --policy-dir "$dir/policy.d" --log-level "${TAPSEC_LOG_LEVEL:-debug}" \
     2>"$dir/tapsecd.log" &
   echo $! >"$dir/tapsecd.pid"
