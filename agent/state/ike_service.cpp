@@ -104,6 +104,7 @@ struct IkeService::Impl : ikev2::ConfigSelector {
     std::uint32_t reqid = 0;
     ikev2::ChildSaInstall current;  // keys cleared; what is installed now
     bool installed = false;
+    bool outbound_held = false;  // current's outbound SA waits for the peer (InstallPart)
     std::uint64_t created_at = 0;
   };
   struct SaRecord {
@@ -290,6 +291,10 @@ struct IkeService::Impl : ikev2::ConfigSelector {
 
   void handle(ikev2::ChildSaInstall& e, std::vector<std::function<void()>>& after) {
     SaRecord& sa = sas[e.ike_sa];
+    if (e.part == ikev2::InstallPart::Outbound) {
+      install_held_outbound(sa, e);
+      return;
+    }
     ChildRecord& child = sa.children[e.child];
     bool is_new = child.association_id == 0;
     if (is_new) {
@@ -306,6 +311,7 @@ struct IkeService::Impl : ikev2::ConfigSelector {
     kept.outbound_encryption = kept.outbound_integrity = {};
     child.current = std::move(kept);
     child.installed = failure.empty();
+    child.outbound_held = e.part == ikev2::InstallPart::Inbound;
     if (!failure.empty()) {
       core::log::error("Child SA not installed", {{"tunnel", e.config_name}, {"error", failure}});
       engine->delete_child(e.ike_sa, e.child, ikev2::Clock::now());
@@ -322,6 +328,25 @@ struct IkeService::Impl : ikev2::ConfigSelector {
       if (is_new) publisher->association_added(id);
       else publisher->keys_updated(id, epoch);
     });
+  }
+
+  // The second half of a rekey we answered: the peer now reads the new pair.
+  void install_held_outbound(SaRecord& sa, const ikev2::ChildSaInstall& e) {
+    auto child = sa.children.find(e.child);
+    if (child == sa.children.end() || !child->second.installed) return;
+    std::string failure = install(e, child->second.reqid, /*policies=*/false);
+    if (!failure.empty()) {
+      core::log::error("outbound SA of a rekeyed Child SA not installed",
+                       {{"tunnel", e.config_name}, {"out", hex_spi(e.outbound_spi, 8)}, {"error", failure}});
+      engine->delete_child(e.ike_sa, e.child, ikev2::Clock::now());
+      return;
+    }
+    child->second.current.local = e.local;
+    child->second.current.remote = e.remote;
+    child->second.current.udp_encapsulation = e.udp_encapsulation;
+    child->second.outbound_held = false;
+    core::log::debug("outbound SA of the rekeyed Child SA in use",
+                     {{"id", std::to_string(child->second.association_id)}, {"out", hex_spi(e.outbound_spi, 8)}});
   }
 
   void handle(ikev2::ChildSaRemove& e, std::vector<std::function<void()>>& after) {
@@ -353,10 +378,13 @@ struct IkeService::Impl : ikev2::ConfigSelector {
         auto& c = child.current;
         auto in = kernel->update_sa_addresses(c.local.address, c.inbound_spi, e.new_remote.address,
                                               e.new_local.address, encap);
-        auto out = kernel->update_sa_addresses(c.remote.address, c.outbound_spi, e.new_local.address,
-                                               e.new_remote.address, encap);
-        if (!in || !out)
-          core::log::error("could not move a Child SA", {{"error", !in ? in.error() : out.error()}});
+        if (!in) core::log::error("could not move a Child SA", {{"error", in.error()}});
+        // A held outbound SA is installed on the new path when released.
+        if (!child.outbound_held)
+          if (auto out = kernel->update_sa_addresses(c.remote.address, c.outbound_spi, e.new_local.address,
+                                                     e.new_remote.address, encap);
+              !out)
+            core::log::error("could not move a Child SA", {{"error", out.error()}});
         c.local = e.new_local;
         c.remote = e.new_remote;
         c.udp_encapsulation = e.udp_encapsulation;
@@ -405,12 +433,16 @@ struct IkeService::Impl : ikev2::ConfigSelector {
       }
       return spec;
     };
+    const bool inbound = e.part != ikev2::InstallPart::Outbound;
+    const bool outbound = e.part != ikev2::InstallPart::Inbound;
     // The inbound SPI came from ALLOCSPI: fill in that larval SA.
-    if (auto r = kernel->add_sa(spec_for(true), /*update=*/true); !r) return r.error();
-    if (auto r = kernel->add_sa(spec_for(false)); !r) {
-      kernel->delete_sa(e.local.address, e.inbound_spi);
-      return r.error();
-    }
+    if (inbound)
+      if (auto r = kernel->add_sa(spec_for(true), /*update=*/true); !r) return r.error();
+    if (outbound)
+      if (auto r = kernel->add_sa(spec_for(false)); !r) {
+        if (inbound) kernel->delete_sa(e.local.address, e.inbound_spi);
+        return r.error();
+      }
     if (with_policies) {
       std::string failure = install_policies(e, reqid, /*update=*/true);
       if (!failure.empty()) {

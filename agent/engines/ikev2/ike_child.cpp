@@ -359,8 +359,8 @@ Child& IkeEngine::Impl::add_child(Association& assoc, const ChildConfig& config,
   return it->second;
 }
 
-void IkeEngine::Impl::install(Association& assoc, const Child& child, const SaPair& pair, const ChildKeys& keys,
-                              bool exchange_initiator, bool is_rekey) {
+void IkeEngine::Impl::install(Association& assoc, Child& child, const SaPair& pair, const ChildKeys& keys,
+                              bool exchange_initiator, bool is_rekey, Outbound outbound) {
   ChildSaInstall event;
   event.ike_sa = assoc.id;
   event.child = child.id;
@@ -390,6 +390,28 @@ void IkeEngine::Impl::install(Association& assoc, const Child& child, const SaPa
   event.replay_window = child.config.replay_window;
   event.is_rekey = is_rekey;
   event.epoch = pair.epoch;
+  if (outbound != Outbound::Now) {
+    event.part = InstallPart::Inbound;
+    if (outbound == Outbound::Held) {
+      ChildSaInstall held = event;
+      held.part = InstallPart::Outbound;
+      held.inbound_encryption = held.inbound_integrity = {};
+      child.held_outbound = std::move(held);
+    }
+    event.outbound_encryption = event.outbound_integrity = {};
+  }
+  events.push_back(std::move(event));
+}
+
+void IkeEngine::Impl::release_outbound(Association& assoc, Child& child) {
+  if (!child.held_outbound) return;
+  ChildSaInstall event = std::move(*child.held_outbound);
+  child.held_outbound.reset();
+  if (event.outbound_spi != child.current.outbound_spi) return;
+  // The path may have moved since the pair was negotiated.
+  event.local = assoc.current->local;
+  event.remote = assoc.current->remote;
+  event.udp_encapsulation = assoc.udp_encapsulation();
   events.push_back(std::move(event));
 }
 
@@ -497,7 +519,7 @@ std::vector<Payload> IkeEngine::Impl::handle_create_child_request(IkeSa& sa, con
   }
 
   SaPair pair{result.inbound_spi, result.outbound_spi, result.chosen.suite, rekeyed->current.epoch + 1, now};
-  install(assoc, *rekeyed, pair, keys, false, true);
+  install(assoc, *rekeyed, pair, keys, false, true, Outbound::Held);
   const auto* ours = sa.outstanding ? std::get_if<flight::CreateChild>(&sa.outstanding->flight) : nullptr;
   const bool crossed = ours && ours->child.id == rekeyed->id &&
                        ours->child.rekeyed_inbound_spi == rekeyed->current.inbound_spi;
@@ -598,7 +620,8 @@ void IkeEngine::Impl::handle_create_child_response(IkeSa& sa, const std::vector<
     const Bytes& their_lowest = lower_nonce(child->collided->nonce_i, child->collided->nonce_r);
     lost = nonce_less(our_lowest, their_lowest);
   }
-  install(assoc, *child, pair, keys, true, true);
+  // A losing pair only receives, until the peer has our Delete.
+  install(assoc, *child, pair, keys, true, true, lost ? Outbound::Never : Outbound::Now);
   if (lost) {
     assoc.retired.push_back(RetiredPair{child->id, pair, true, false, kNever});
     if (child->collided) adopt_collided(*child);
@@ -614,6 +637,7 @@ void IkeEngine::Impl::handle_create_child_response(IkeSa& sa, const std::vector<
     child->collided.reset();
   }
   child->current = pair;
+  release_outbound(assoc, *child);  // drops the held SA of the peer's losing pair
   schedule_child(*child, now);
   assoc.queue.push_front(task::DeletePair{old_inbound});
 }

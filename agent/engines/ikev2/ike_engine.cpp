@@ -294,6 +294,8 @@ void IkeEngine::Impl::on_timer(TimePoint now) {
       if (!retired.delete_sent && retired.give_up <= now) {
         retired.give_up = kNever;
         retired.we_delete = true;
+        if (auto child = assoc->children.find(retired.child); child != assoc->children.end())
+          release_outbound(*assoc, child->second);
         assoc->queue.push_back(task::DeletePair{retired.pair.inbound_spi});
       }
     }

@@ -107,8 +107,15 @@ struct SendDatagram {
   Bytes data;  // an IKE message; on port 4500 the caller adds the 4-byte non-ESP marker
 };
 
+// Which SAs of a pair a ChildSaInstall puts in the kernel. The responder of
+// a Child SA rekey installs the inbound SA at once and the outbound one only
+// when the initiator deletes the old pair: by then the initiator reads the
+// new SA, so no packet goes out under an SA the peer cannot read yet.
+enum class InstallPart { Both, Inbound, Outbound };
+
 // Install a Child SA pair in the kernel. For a rekey the old pair stays
-// installed until ChildSaRemove for its SPIs (make-before-break).
+// installed until ChildSaRemove for its SPIs (make-before-break). The keys
+// of the part not installed are empty.
 struct ChildSaInstall {
   IkeSaId ike_sa = 0;
   ChildSaId child = 0;
@@ -125,6 +132,7 @@ struct ChildSaInstall {
   std::uint32_t replay_window = 32;
   bool is_rekey = false;
   std::uint64_t epoch = 0;  // 0 for the first SA pair of this child, +1 per rekey
+  InstallPart part = InstallPart::Both;
 };
 
 struct ChildSaRemove {

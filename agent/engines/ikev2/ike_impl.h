@@ -166,8 +166,14 @@ struct IkeEngine::Impl {
                                                                   std::vector<TrafficSelector>& tsi,
                                                                   std::vector<TrafficSelector>& tsr,
                                                                   ChildKeys& keys);
-  void install(detail::Association& assoc, const detail::Child& child, const detail::SaPair& pair,
-               const ChildKeys& keys, bool exchange_initiator, bool is_rekey);
+  // What becomes of the outbound SA of a pair: installed now, held until
+  // the peer deletes the old pair, or never (our rekey lost a collision).
+  enum class Outbound { Now, Held, Never };
+  void install(detail::Association& assoc, detail::Child& child, const detail::SaPair& pair, const ChildKeys& keys,
+               bool exchange_initiator, bool is_rekey, Outbound outbound = Outbound::Now);
+  // Installs the held outbound SA if its pair is the child's current one;
+  // a held SA of a pair that lost its place is dropped.
+  void release_outbound(detail::Association& assoc, detail::Child& child);
   void remove_pair(detail::Association& assoc, ChildSaId child, const detail::SaPair& pair, bool child_closed,
                    const std::string& reason);
   detail::Child& add_child(detail::Association& assoc, const ChildConfig& config, Mode mode,

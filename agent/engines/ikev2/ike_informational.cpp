@@ -94,6 +94,7 @@ std::vector<Payload> IkeEngine::Impl::handle_informational_request(IkeSa& sa, co
             answered.push_back(child.current.inbound_spi);
             child.current = child.collided->pair;
             child.collided.reset();
+            release_outbound(assoc, child);
             schedule_child(child, now);
             break;
           }
@@ -115,6 +116,9 @@ std::vector<Payload> IkeEngine::Impl::handle_informational_request(IkeSa& sa, co
       auto retired = std::find_if(assoc.retired.begin(), assoc.retired.end(),
                                   [&](const RetiredPair& r) { return r.pair.outbound_spi == *spi; });
       if (retired != assoc.retired.end()) {
+        // The peer reads the new pair now: send on it before the old goes.
+        if (auto child = assoc.children.find(retired->child); child != assoc.children.end())
+          release_outbound(assoc, child->second);
         remove_pair(assoc, retired->child, retired->pair, false, "rekeyed");
         if (!retired->delete_sent) answered.push_back(retired->pair.inbound_spi);
         assoc.retired.erase(retired);

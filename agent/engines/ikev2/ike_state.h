@@ -53,6 +53,9 @@ struct Child {
   bool rekeying = false;  // a rekey of `current` is queued or in flight
   bool deleting = false;  // our Delete of the child is queued or in flight
   std::optional<CollidedRekey> collided;
+  // A rekey we answered: the outbound SA of that pair, installed once the
+  // peer deletes the old pair (see InstallPart).
+  std::optional<ChildSaInstall> held_outbound;
 };
 
 // A pair superseded by a rekey: still installed until its Delete exchange

@@ -46,6 +46,10 @@ ipsec_ping() {
   fi
 }
 
+# ipsec_xfrm_stat HOST NAME: the kernel's XFRM counter NAME (e.g.
+# XfrmInNoStates) in HOST, from /proc/net/xfrm_stat; empty if not counted.
+ipsec_xfrm_stat() { ipsec_on "$1" awk -v name="$2" '$1 == name {print $2}' /proc/net/xfrm_stat 2>/dev/null; }
+
 # Link names are per namespace, so the same short names serve every host.
 _ipsec_new_host() {
   local host=$1 ns

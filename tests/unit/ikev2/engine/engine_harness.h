@@ -9,6 +9,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -64,13 +65,54 @@ struct Node {
   std::size_t count() const {
     return all<T>().size();
   }
-  // The SA pairs installed now: installs minus removes, by inbound SPI.
+  // How many SA pairs were installed (an outbound SA installed later is
+  // part of its pair).
+  std::size_t pairs_installed() const {
+    std::size_t n = 0;
+    for (const auto& install : all<ChildSaInstall>()) n += install.part != InstallPart::Outbound;
+    return n;
+  }
+  // The SA pairs installed now: installs minus removes, by inbound SPI. A
+  // pair whose outbound SA is still held has empty outbound keys.
   std::map<std::uint32_t, ChildSaInstall> installed() const {
     std::map<std::uint32_t, ChildSaInstall> out;
     for (const Event& e : events) {
-      if (const auto* install = std::get_if<ChildSaInstall>(&e)) out[install->inbound_spi] = *install;
+      if (const auto* install = std::get_if<ChildSaInstall>(&e)) {
+        if (install->part != InstallPart::Outbound) {
+          out[install->inbound_spi] = *install;
+        } else if (auto it = out.find(install->inbound_spi); it != out.end()) {
+          it->second.outbound_encryption = install->outbound_encryption;
+          it->second.outbound_integrity = install->outbound_integrity;
+        } else {
+          ADD_FAILURE() << name << " installed the outbound SA " << install->outbound_spi
+                        << " of a pair it does not have";
+        }
+      }
       if (const auto* remove = std::get_if<ChildSaRemove>(&e)) out.erase(remove->inbound_spi);
     }
+    return out;
+  }
+
+  // A model of the kernel's SAs, kept up by Network::collect.
+  std::set<std::uint32_t> inbound_sas;
+  std::vector<std::pair<ChildSaId, std::uint32_t>> outbound_sas;  // oldest first
+  std::set<ChildSaId> carried_traffic;  // children whose outbound SA the peer could read
+
+  void apply(const Event& e) {
+    if (const auto* install = std::get_if<ChildSaInstall>(&e)) {
+      if (install->part != InstallPart::Outbound) inbound_sas.insert(install->inbound_spi);
+      if (install->part != InstallPart::Inbound) outbound_sas.emplace_back(install->child, install->outbound_spi);
+    }
+    if (const auto* remove = std::get_if<ChildSaRemove>(&e)) {
+      inbound_sas.erase(remove->inbound_spi);
+      std::erase(outbound_sas, std::pair{remove->child, remove->outbound_spi});
+    }
+  }
+  // The SA the kernel sends a child's traffic with: the newest (XFRM
+  // prefers the most recently added SA of a policy's template).
+  std::map<ChildSaId, std::uint32_t> sending() const {
+    std::map<ChildSaId, std::uint32_t> out;
+    for (const auto& [child, spi] : outbound_sas) out[child] = spi;
     return out;
   }
   std::vector<std::string> down_reasons() const {
@@ -99,6 +141,9 @@ class Network {
   std::function<bool(const InFlight&)> drop;
   // Returns how many copies to deliver (duplication tests).
   std::function<int(const InFlight&)> copies;
+  // Tests that break the peer on purpose turn off check_traffic_flows.
+  bool check_traffic = true;
+  std::set<std::uint32_t> closing_spis;  // SAs of children one end closed
   std::size_t delivered = 0;
 
   // A NAT in front of "a": its sources become nat_public:<mapped port>.
@@ -127,7 +172,36 @@ class Network {
           n.sent.push_back(*send);
           wire.push_back(InFlight{i, send->local, send->remote, send->data});
         } else {
+          n.apply(e);
+          if (const auto* remove = std::get_if<ChildSaRemove>(&e); remove && remove->child_closed) {
+            closing_spis.insert(remove->inbound_spi);
+            closing_spis.insert(remove->outbound_spi);
+          }
           n.events.push_back(std::move(e));
+        }
+      }
+    }
+    check_traffic_flows();
+  }
+
+  // Once a child's traffic has crossed, every rekey keeps it crossing: each
+  // end sends only with SAs the other end already reads. (A brand-new
+  // child's responder may send before the initiator has its SAs; nothing
+  // of that child has flowed yet.)
+  void check_traffic_flows() {
+    if (!check_traffic) return;
+    for (int i = 0; i < 2; ++i) {
+      Node& from = node(i);
+      const Node& to = node(1 - i);
+      for (const auto& [child, spi] : from.sending()) {
+        if (closing_spis.contains(spi)) continue;  // its child is being closed
+        const bool readable = to.inbound_sas.contains(spi);
+        if (readable) {
+          from.carried_traffic.insert(child);
+        } else if (from.carried_traffic.contains(child)) {
+          ADD_FAILURE() << from.name << " sends child " << child << "'s traffic with SPI " << spi << ", which "
+                        << to.name << " cannot read";
+          from.carried_traffic.erase(child);  // report each break once
         }
       }
     }

@@ -1,6 +1,7 @@
 // The life of an established IKE SA: Child and IKE SA rekeys from either
 // side, rekey collisions, deletes, lost and duplicated messages, liveness
 // checks and a peer that stops answering.
+#include <gtest/gtest-spi.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -73,6 +74,64 @@ TEST_F(LifecycleTest, ChildRekeyFromResponder) {
   net.run();
   expect_mirrored(net.a, net.b);
   EXPECT_EQ(net.b.installed().begin()->second.epoch, 2u);
+}
+
+// The rekey's responder sends with the new pair only once the initiator
+// has deleted the old one: before that the initiator may not read it yet.
+TEST_F(LifecycleTest, ChildRekeyResponderHoldsItsOutboundSaUntilTheOldPairIsDeleted) {
+  const std::uint32_t old_b_outbound = net.b.installed().begin()->second.outbound_spi;
+  ASSERT_TRUE(net.a.engine->rekey_child(a_sa, a_child(), net.now));
+  net.collect();
+  ASSERT_EQ(net.wire.size(), 1u);
+  net.step();  // b answers the CREATE_CHILD_SA request
+  net.collect();
+  auto installs = net.b.all<ChildSaInstall>();
+  ASSERT_EQ(installs.size(), 2u);
+  const ChildSaInstall answered = installs.back();
+  EXPECT_EQ(answered.part, InstallPart::Inbound);
+  EXPECT_TRUE(answered.is_rekey);
+  EXPECT_EQ(answered.outbound_encryption.size(), 0u);
+  EXPECT_EQ(answered.inbound_encryption.size(), answered.suite.encryption_key_size());
+  EXPECT_EQ(net.b.sending().begin()->second, old_b_outbound);
+
+  net.step();  // a installs both SAs and sends the Delete of the old pair
+  net.collect();
+  EXPECT_EQ(net.b.sending().begin()->second, old_b_outbound);
+  net.step();  // b receives the Delete
+  net.collect();
+  installs = net.b.all<ChildSaInstall>();
+  ASSERT_EQ(installs.size(), 3u);
+  const ChildSaInstall released = installs.back();
+  EXPECT_EQ(released.part, InstallPart::Outbound);
+  EXPECT_EQ(released.outbound_spi, answered.outbound_spi);
+  EXPECT_EQ(released.inbound_encryption.size(), 0u);
+  EXPECT_EQ(released.outbound_encryption.size(), answered.suite.encryption_key_size());
+  EXPECT_EQ(net.b.sending().begin()->second, answered.outbound_spi);
+  // The outbound SA went in before the old pair went out.
+  ASSERT_TRUE(std::holds_alternative<ChildSaRemove>(net.b.events.back()));
+  EXPECT_EQ(std::get<ChildSaRemove>(net.b.events.back()).outbound_spi, old_b_outbound);
+  net.run();
+  expect_mirrored(net.a, net.b);
+  EXPECT_EQ(net.b.installed().size(), 1u);
+}
+
+// The ends' view of the check itself: a responder that sent with its new
+// pair at once would be caught by the harness.
+TEST(TrafficCheck, CatchesAnEndSendingWithAnSaThePeerCannotRead) {
+  Network net;
+  auto pair = [](std::uint32_t in, std::uint32_t out, InstallPart part) {
+    ChildSaInstall install;
+    install.child = 1;
+    install.inbound_spi = in;
+    install.outbound_spi = out;
+    install.part = part;
+    return install;
+  };
+  net.a.apply(pair(0xa1, 0xb1, InstallPart::Both));
+  net.b.apply(pair(0xb1, 0xa1, InstallPart::Both));
+  net.check_traffic_flows();
+  net.b.apply(pair(0xb2, 0xa2, InstallPart::Both));  // b sends with 0xa2; a has no such SA yet
+  EXPECT_NONFATAL_FAILURE(net.check_traffic_flows(), "b sends child 1's traffic with SPI 162, which a cannot read");
 }
 
 TEST_F(LifecycleTest, ChildRekeyWithPfs) {
@@ -159,8 +218,8 @@ void check_single_survivor(const Node& a, const Node& b) {
   expect_mirrored(a, b);
   ASSERT_EQ(a.installed().size(), 1u);
   EXPECT_EQ(a.installed().begin()->second.epoch, 1u);
-  EXPECT_EQ(a.count<ChildSaInstall>(), 3u);  // first pair, two new ones
-  EXPECT_EQ(b.count<ChildSaInstall>(), 3u);
+  EXPECT_EQ(a.pairs_installed(), 3u);  // first pair, two new ones
+  EXPECT_EQ(b.pairs_installed(), 3u);
   expect_make_before_break(a);
   expect_make_before_break(b);
   for (const auto& remove : a.all<ChildSaRemove>()) EXPECT_FALSE(remove.child_closed);
@@ -355,9 +414,9 @@ TEST_F(LifecycleTest, LostResponseIsAnsweredFromTheCache) {
   net.drop = [&](const InFlight& p) { return p.from == 1 && lost++ == 0; };  // b's response
   ASSERT_TRUE(net.a.engine->rekey_child(a_sa, a_child(), net.now));
   net.run();
-  const std::size_t installs_b = net.b.count<ChildSaInstall>();
+  const std::size_t installs_b = net.b.pairs_installed();
   net.elapse(milliseconds(1000));
-  EXPECT_EQ(net.b.count<ChildSaInstall>(), installs_b);  // the retransmit was not processed again
+  EXPECT_EQ(net.b.pairs_installed(), installs_b);  // the retransmit was not processed again
   EXPECT_EQ(net.b.engine->counters().retransmitted, 1u);
   expect_mirrored(net.a, net.b);
   EXPECT_EQ(net.a.installed().size(), 1u);
