@@ -7,7 +7,7 @@
 #include <openssl/crypto.h>
 #include <poll.h>
 #include <signal.h>
-#include <spawn.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -17,6 +17,7 @@
 #include <cerrno>
 #include <charconv>
 #include <condition_variable>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <mutex>
@@ -577,6 +578,83 @@ bool stop_process(pid_t pid) {
   return true;
 }
 
+// The program's path as execve wants it: as given when it names a
+// directory, else the first executable match in PATH; empty if none.
+std::string find_program(const std::string& program) {
+  if (program.find('/') != std::string::npos) return ::access(program.c_str(), X_OK) == 0 ? program : "";
+  const char* search = std::getenv("PATH");
+  std::string_view rest = search ? search : "/usr/local/bin:/usr/bin:/bin";
+  while (true) {
+    const auto colon = rest.find(':');
+    std::string directory(rest.substr(0, colon));
+    std::string candidate = (directory.empty() ? std::string(".") : directory) + "/" + program;
+    if (::access(candidate.c_str(), X_OK) == 0) return candidate;
+    if (colon == std::string_view::npos) return "";
+    rest.remove_prefix(colon + 1);
+  }
+}
+
+// Starts `path` with stdin from /dev/null, stdout and stderr into `output`,
+// no other descriptor of ours, default signal handling, and SIGTERM when
+// the agent dies: a crashed agent leaves no wireguard-go holding the
+// interface name. posix_spawn cannot ask for the last, hence fork. The
+// child calls only async-signal-safe functions; everything is prepared
+// before the fork. The kernel sends that signal when the forking *thread*
+// ends: create() runs on the agent's main thread.
+Result<pid_t> start_tied_to_us(const std::string& path, char* const arguments[], char* const environment[],
+                               int output) {
+  int report_ends[2];  // the child's exec errno, if exec fails
+  if (::pipe2(report_ends, O_CLOEXEC) != 0) return Result<pid_t>::failure("pipe2: " + describe_errno(errno), errno);
+  UniqueFd report_read(report_ends[0]), report_write(report_ends[1]);
+  // The child's stdio numbers are taken; keep the report pipe above them.
+  if (report_write.get() <= STDERR_FILENO) report_write = UniqueFd(::fcntl(report_write.get(), F_DUPFD_CLOEXEC, 3));
+  if (!report_write) return Result<pid_t>::failure("fcntl: " + describe_errno(errno), errno);
+  const pid_t parent = ::getpid();
+  const pid_t pid = ::fork();
+  if (pid < 0) return Result<pid_t>::failure("fork: " + describe_errno(errno), errno);
+  if (pid == 0) {
+    const int report = report_write.get();
+    auto fail = [report](int error) {
+      ssize_t ignored = ::write(report, &error, sizeof error);
+      (void)ignored;
+      ::_exit(127);
+    };
+    if (::prctl(PR_SET_PDEATHSIG, SIGTERM) != 0) fail(errno);
+    if (::getppid() != parent) ::_exit(0);  // the agent died before the line above
+    const int null = ::open("/dev/null", O_RDONLY);
+    if (null < 0 || ::dup2(null, STDIN_FILENO) < 0 || ::dup2(output, STDOUT_FILENO) < 0 ||
+        ::dup2(output, STDERR_FILENO) < 0)
+      fail(errno);
+    // No socket, key file or bus connection of ours leaks into the child;
+    // the report pipe closes itself on exec.
+    const unsigned first = STDERR_FILENO + 1, keep = static_cast<unsigned>(report);
+    if (keep > first) ::close_range(first, keep - 1, 0);
+    ::close_range(keep + 1, ~0U, 0);
+    // An agent blocking signals for its event loop must not pass that on:
+    // wireguard-go has to see SIGTERM.
+    struct sigaction defaults {};
+    defaults.sa_handler = SIG_DFL;
+    for (int signal_number = 1; signal_number < NSIG; ++signal_number) ::sigaction(signal_number, &defaults, nullptr);
+    sigset_t none;
+    sigemptyset(&none);
+    ::sigprocmask(SIG_SETMASK, &none, nullptr);
+    ::execve(path.c_str(), arguments, environment);
+    fail(errno);
+  }
+  report_write.reset();
+  int error = 0;
+  ssize_t got;
+  while ((got = ::read(report_read.get(), &error, sizeof error)) < 0 && errno == EINTR) {
+  }
+  if (got == static_cast<ssize_t>(sizeof error)) {
+    int status = 0;
+    while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+    }
+    return Result<pid_t>::failure(describe_errno(error), error);
+  }
+  return Result<pid_t>::success(pid);
+}
+
 bool valid_interface_name(const std::string& name) {
   if (name.empty() || name.size() >= IFNAMSIZ || name == "." || name == "..") return false;
   return std::all_of(name.begin(), name.end(), [](char c) { return c > 0x20 && c < 0x7f && c != '/' && c != ':'; });
@@ -643,34 +721,17 @@ Result<std::unique_ptr<UserspaceDevice>> UserspaceDevice::create(const std::stri
   for (std::string& variable : environment_text) environment.push_back(variable.data());
   environment.push_back(nullptr);
   std::string program = options.program, foreground = "-f", interface = name;
-  char* arguments[] = {program.data(), foreground.data(), interface.data(), nullptr};
 
-  posix_spawn_file_actions_t actions;
-  posix_spawnattr_t attributes;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawnattr_init(&attributes);
-  posix_spawn_file_actions_addopen(&actions, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
-  posix_spawn_file_actions_adddup2(&actions, output_write.get(), STDOUT_FILENO);
-  posix_spawn_file_actions_adddup2(&actions, output_write.get(), STDERR_FILENO);
-  // No socket, key file or bus connection of ours leaks into the child.
-  posix_spawn_file_actions_addclosefrom_np(&actions, STDERR_FILENO + 1);
-  // An agent blocking signals for its event loop must not pass that on:
-  // wireguard-go has to see SIGTERM.
-  sigset_t no_signals, all_signals;
-  sigemptyset(&no_signals);
-  sigfillset(&all_signals);
-  posix_spawnattr_setsigmask(&attributes, &no_signals);
-  posix_spawnattr_setsigdefault(&attributes, &all_signals);
-  posix_spawnattr_setflags(&attributes, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
-  pid_t pid = 0;
-  const int spawn_error = ::posix_spawnp(&pid, program.c_str(), &actions, &attributes, arguments, environment.data());
-  posix_spawn_file_actions_destroy(&actions);
-  posix_spawnattr_destroy(&attributes);
-  output_write.reset();
-  if (spawn_error == ENOENT)
+  const std::string path = find_program(options.program);
+  if (path.empty())
     return DeviceResult::failure(options.program + " not found: install wireguard-go or use kernel WireGuard", ENOENT);
-  if (spawn_error != 0)
-    return DeviceResult::failure("cannot start " + options.program + ": " + describe_errno(spawn_error), spawn_error);
+  char* arguments[] = {program.data(), foreground.data(), interface.data(), nullptr};
+  auto started = start_tied_to_us(path, arguments, environment.data(), output_write.get());
+  output_write.reset();
+  if (!started) {
+    return DeviceResult::failure("cannot start " + options.program + ": " + started.error(), started.error_number());
+  }
+  const pid_t pid = started.value();
 
   auto output = std::make_shared<ProgramOutput>();
   std::thread(drain_output, std::move(output_read), output, options.program + "[" + name + "]: ").detach();

@@ -3,8 +3,9 @@
 # fallback (wireguard-go over TUN) or on kernel WireGuard where it exists:
 # the agents authenticate each other over TLS, exchange WireGuard keys and a
 # PSK, traffic crosses, the PSK rotates under continuous traffic with no
-# loss and stays equal on both ends, and a peer that fails authentication
-# leaves nothing behind.
+# loss and stays equal on both ends, a crashed agent leaves no wireguard-go
+# behind and comes back (fallback only), and a peer that fails
+# authentication leaves nothing behind.
 #   wireguard-hosts.sh BUILD_DIR
 set -uo pipefail
 build=${1:?build dir}
@@ -91,6 +92,25 @@ epoch_after=$(ctl alpha --json wg | grep -o '"psk_epoch": *[0-9]*' | grep -o '[0
 psk_a2=$(agreed_psks) || fail "after rotation the ends differ ($psk_a2)"
 [[ $psk_a2 != "$psk_a" ]] || fail "the PSK did not change"
 echo "rotation: epoch $epoch_before -> $epoch_after, $summary"
+
+# alpha's agent crashes (wireguard-go only): its wireguard-go goes with it,
+# and the restarted agent brings the tunnel up again under the same name.
+# A kernel link outlives a crash and is adopted, not owned, by the next
+# agent, which would change the teardown checks below.
+if [[ $offload == userspace ]]; then
+  kill -KILL "$(cat "$HOSTS_DIR/alpha/tapsecd.pid")"
+  wait "$(cat "$HOSTS_DIR/alpha/tapsecd.pid")" 2>/dev/null
+  deadline=$((SECONDS + 5))
+  while on_host alpha pgrep -f "wireguard-go -f wg-beta\$" >/dev/null; do
+    ((SECONDS < deadline)) || fail "wireguard-go for wg-beta outlived alpha's agent"
+    sleep 0.1
+  done
+  host_agent_start "$build" alpha
+  host_agent_wait "$build" alpha || fail "alpha's agent did not come back"
+  ctl alpha tunnel up wg-to-beta --protocol wireguard || fail "tunnel up wg-to-beta after alpha's agent restarted"
+  ping_on alpha -c 5 -i 0.2 -W 2 10.9.0.2 >/dev/null || fail "no ping across the tunnel after alpha's agent restarted"
+  echo "crash: alpha's agent killed, its wireguard-go gone with it, tunnel up again after a restart"
+fi
 
 # The public key of an agent-held identity, for a peer configured by hand.
 ctl alpha wg pubkey wg-alpha | grep -qE '^[A-Za-z0-9+/]{43}=$' || fail "wg pubkey"

@@ -126,18 +126,29 @@ hosts_up() {
     mkdir -p "$HOSTS_DIR/$h"
     hosts_write_policy "$h"
     private_bus_start "$HOSTS_DIR/$h"
-    # shellcheck disable=SC2086 # TAPSECD_ARGS is a list of options
-    ip netns exec "$ns" "$build/agent/tapsecd" --bus "unix:path=$HOSTS_DIR/$h/bus" ${TAPSECD_ARGS:-} \
-      --policy-dir "$HOSTS_DIR/$h/policy.d" 2>"$HOSTS_DIR/$h/tapsecd.log" &
-    echo $! >"$HOSTS_DIR/$h/tapsecd.pid"
+    host_agent_start "$build" "$h"
   done
-  for h in alpha beta; do  # wait until each agent owns its name
-    local i
-    for i in $(seq 100); do
-      on_host "$h" "$build/dbus/tapsecctl/tapsecctl" --bus "unix:path=$HOSTS_DIR/$h/bus" status >/dev/null 2>&1 && break
-      sleep 0.1
-    done
+  for h in alpha beta; do host_agent_wait "$build" "$h"; done
+}
+
+# host_agent_start BUILD HOST: tapsecd in HOST, in the background of the
+# calling shell (so it can `wait` for it); its log goes to HOST/tapsecd.log.
+host_agent_start() {
+  local build=$1 h=$2
+  # shellcheck disable=SC2086 # TAPSECD_ARGS is a list of options
+  ip netns exec "${HOSTS_PREFIX}-$h" "$build/agent/tapsecd" --bus "unix:path=$HOSTS_DIR/$h/bus" ${TAPSECD_ARGS:-} \
+    --policy-dir "$HOSTS_DIR/$h/policy.d" 2>>"$HOSTS_DIR/$h/tapsecd.log" &
+  echo $! >"$HOSTS_DIR/$h/tapsecd.pid"
+}
+
+# host_agent_wait BUILD HOST: until HOST's agent owns its bus name (10 s).
+host_agent_wait() {
+  local build=$1 h=$2 i
+  for i in $(seq 100); do
+    on_host "$h" "$build/dbus/tapsecctl/tapsecctl" --bus "unix:path=$HOSTS_DIR/$h/bus" status >/dev/null 2>&1 && return 0
+    sleep 0.1
   done
+  return 1
 }
 
 on_host() {

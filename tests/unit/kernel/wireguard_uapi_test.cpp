@@ -386,6 +386,48 @@ TEST(UserspaceDeviceStart, NoSocketInTimeStopsTheProgram) {
   EXPECT_EQ(::kill(pid, 0), -1) << "the program still runs";
 }
 
+// Gone, or a zombie nobody reaped yet.
+bool process_gone(pid_t pid) {
+  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+  std::string line;
+  if (!std::getline(stat, line)) return true;
+  const auto after_name = line.rfind(')');
+  return after_name != std::string::npos && after_name + 2 < line.size() && line[after_name + 2] == 'Z';
+}
+
+TEST(UserspaceDeviceStart, TheProgramDiesWithTheAgent) {
+  ScratchDir dir;
+  const std::string pid_file = dir.path() + "/pid";
+  UserspaceOptions options;
+  options.program = dir.script("outlives", "echo $$ > " + pid_file + ".tmp\nmv " + pid_file + ".tmp " + pid_file +
+                                               "\nexec sleep 60");
+  options.socket_dir = dir.path();
+  options.startup = 30s;
+  // A stand-in agent: starts the program, then is killed while it waits.
+  const pid_t agent = ::fork();
+  ASSERT_GE(agent, 0);
+  if (agent == 0) {
+    auto device = UserspaceDevice::create("wgorphan0", options);
+    ::_exit(device ? 0 : 1);
+  }
+  pid_t program = 0;
+  for (int tries = 0; tries < 500 && program <= 0; ++tries) {
+    std::this_thread::sleep_for(10ms);
+    std::ifstream(pid_file) >> program;
+  }
+  ::kill(agent, SIGKILL);
+  int status = 0;
+  ::waitpid(agent, &status, 0);
+  ASSERT_GT(program, 0) << "the program never started";
+  bool gone = false;
+  for (int tries = 0; tries < 300 && !gone; ++tries) {
+    gone = process_gone(program);
+    if (!gone) std::this_thread::sleep_for(10ms);
+  }
+  if (!gone) ::kill(program, SIGKILL);
+  EXPECT_TRUE(gone) << "the program outlived the agent that started it";
+}
+
 TEST(UserspaceDeviceStart, ChildInheritsNoDescriptors) {
   ScratchDir dir;
   const std::string report = dir.path() + "/fds";
