@@ -203,14 +203,32 @@ ike_fail() {
 
 ike_step() { echo "[$SECONDS s] $*"; }
 
+# ike_ping_all_received FILE COUNT: the ping whose output is FILE (- for
+# standard input) sent COUNT echo requests and got them all back. Prints its
+# summary line either way.
+ike_ping_all_received() {
+  local summary
+  summary=$(grep 'packets transmitted' "$1")
+  echo "$summary"
+  [[ $(awk '{print $1 "/" $4}' <<<"$summary") == "$2/$2" ]]
+}
+
 # ike_ping_ok [COUNT] [INTERVAL]: alpha's inner address reaches beta's, no loss.
 ike_ping_ok() {
   local count=${1:-3} interval=${2:-0.2} out
   out=$(ipsec_ping alpha -q -c "$count" -i "$interval" -W 2 -I 10.1.0.1 10.2.0.1 2>&1)
-  local summary
-  summary=$(grep 'packets transmitted' <<<"$out")
-  [[ $(awk '{print $1}' <<<"$summary") == "$count" && $(awk '{print $4}' <<<"$summary") == "$count" ]] ||
-    { echo "$out"; return 1; }
+  ike_ping_all_received - "$count" <<<"$out" >/dev/null || { echo "$out"; return 1; }
+}
+
+# tapsec_wait_rekeyed HOST PROTOCOL OLD_SPI SECONDS: until HOST has one
+# established PROTOCOL association and its inbound SPI is no longer OLD_SPI.
+tapsec_wait_rekeyed() {
+  local host=$1 protocol=$2 old=$3 deadline=$((SECONDS + $4))
+  until [[ $(tapsec_assoc_field "$host" "$protocol" inbound_spi established) != "$old" &&
+           $(tapsec_assoc_count "$host" "$protocol" established) == 1 ]]; do
+    ((SECONDS < deadline)) || return 1
+    sleep 0.2
+  done
 }
 
 # The charon peer of a tapsec host: beta-side (or alpha-side) configuration

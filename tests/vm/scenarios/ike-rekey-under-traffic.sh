@@ -28,16 +28,10 @@ rekey_under_ping() {  # WHO: tapsec | charon
   else
     charon_rekey "$IKE_WORK/beta" child from-alpha || ike_fail "swanctl --rekey"
   fi
-  local deadline=$((SECONDS + 30))
-  until [[ $(tapsec_assoc_field alpha esp inbound_spi established) != "$old_spi" &&
-           $(tapsec_assoc_count alpha esp established) == 1 ]]; do
-    ((SECONDS < deadline)) || ike_fail "$1 rekey: the ESP SA was not replaced"
-    sleep 0.2
-  done
+  tapsec_wait_rekeyed alpha esp "$old_spi" 30 || ike_fail "$1 rekey: the ESP SA was not replaced"
   wait "$ping"
   local summary
-  summary=$(grep 'packets transmitted' "$IKE_WORK/ping-$1.out")
-  [[ $(awk '{print $1 "/" $4}' <<<"$summary") == 100/100 ]] || ike_fail "$1 rekey lost packets: $summary"
+  summary=$(ike_ping_all_received "$IKE_WORK/ping-$1.out" 100) || ike_fail "$1 rekey lost packets: $summary"
   for host in alpha beta; do
     [[ -n ${no_state[$host]} ]] || ike_fail "$host: the kernel keeps no XFRM statistics (/proc/net/xfrm_stat)"
     local dropped=$(($(ipsec_xfrm_stat $host XfrmInNoStates) - no_state[$host]))

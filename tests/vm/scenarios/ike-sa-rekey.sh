@@ -28,16 +28,10 @@ rekey_ike_under_ping() {  # WHO: tapsec | charon
   else
     charon_rekey "$IKE_WORK/beta" ike from-alpha || ike_fail "swanctl --rekey --ike"
   fi
-  local deadline=$((SECONDS + 30))
-  until [[ $(tapsec_assoc_field alpha ikev2 inbound_spi established) != "$old_spi" &&
-           $(tapsec_assoc_count alpha ikev2 established) == 1 ]]; do
-    ((SECONDS < deadline)) || ike_fail "$1 IKE rekey: the IKE SA was not replaced"
-    sleep 0.2
-  done
+  tapsec_wait_rekeyed alpha ikev2 "$old_spi" 30 || ike_fail "$1 IKE rekey: the IKE SA was not replaced"
   wait "$ping"
   local summary
-  summary=$(grep 'packets transmitted' "$IKE_WORK/ping-$1.out")
-  [[ $(awk '{print $1 "/" $4}' <<<"$summary") == 100/100 ]] || ike_fail "$1 IKE rekey lost packets: $summary"
+  summary=$(ike_ping_all_received "$IKE_WORK/ping-$1.out" 100) || ike_fail "$1 IKE rekey lost packets: $summary"
   (($(tapsec_assoc_field alpha ikev2 key_epoch established) > old_epoch)) || ike_fail "$1 IKE rekey: key_epoch did not grow"
   [[ $(tapsec_assoc_field alpha esp id established) == "$esp_id" ]] || ike_fail "$1 IKE rekey replaced the Child SA's association"
   charon_wait 10 _one_charon_ike || ike_fail "charon keeps the old IKE_SA after the $1 rekey"
@@ -46,7 +40,7 @@ rekey_ike_under_ping() {  # WHO: tapsec | charon
   local child_spi
   child_spi=$(tapsec_assoc_field alpha esp inbound_spi established)
   tapsec_ctl alpha update-keys "$esp_id" || ike_fail "Child SA rekey over the new IKE SA"
-  deadline=$((SECONDS + 20))
+  local deadline=$((SECONDS + 20))
   until [[ $(tapsec_assoc_field alpha esp inbound_spi established) != "$child_spi" ]]; do
     ((SECONDS < deadline)) || ike_fail "no Child SA rekey over the IKE SA rekeyed by $1"
     sleep 0.2

@@ -20,15 +20,9 @@ sleep 1
 # 300 echo requests: each SA of the pair passes its 200-packet soft limit once.
 ipsec_ping alpha -c 300 -i 0.02 -W 2 -I 10.1.0.1 10.2.0.1 >"$IKE_WORK/ping.out" 2>&1 ||
   ike_fail "ping across the soft expiry: $(tail -n 2 "$IKE_WORK/ping.out")"
-summary=$(grep 'packets transmitted' "$IKE_WORK/ping.out")
-[[ $(awk '{print $1 "/" $4}' <<<"$summary") == 300/300 ]] || ike_fail "the soft-expiry rekey lost packets: $summary"
+summary=$(ike_ping_all_received "$IKE_WORK/ping.out" 300) || ike_fail "the soft-expiry rekey lost packets: $summary"
 
-deadline=$((SECONDS + 20))
-until [[ $(tapsec_assoc_field alpha esp inbound_spi established) != "$old_spi" &&
-         $(tapsec_assoc_count alpha esp established) == 1 ]]; do
-  ((SECONDS < deadline)) || ike_fail "the soft limit did not replace the ESP SA"
-  sleep 0.2
-done
+tapsec_wait_rekeyed alpha esp "$old_spi" 20 || ike_fail "the soft limit did not replace the ESP SA"
 sleep 1
 kill "$monitor" 2>/dev/null
 wait "$monitor" 2>/dev/null
