@@ -295,6 +295,10 @@ struct IkeService::Impl : ikev2::ConfigSelector {
       install_held_outbound(sa, e);
       return;
     }
+    if (!e.current) {
+      install_losing_pair(sa, e);
+      return;
+    }
     ChildRecord& child = sa.children[e.child];
     bool is_new = child.association_id == 0;
     if (is_new) {
@@ -328,6 +332,16 @@ struct IkeService::Impl : ikev2::ConfigSelector {
       if (is_new) publisher->association_added(id);
       else publisher->keys_updated(id, epoch);
     });
+  }
+
+  // Our side of a rekey collision we lost: it only receives until the
+  // engine deletes it; the child's record stays on the peer's pair.
+  void install_losing_pair(SaRecord& sa, const ikev2::ChildSaInstall& e) {
+    auto child = sa.children.find(e.child);
+    if (child == sa.children.end() || !child->second.installed) return;
+    if (std::string failure = install(e, child->second.reqid, /*policies=*/false); !failure.empty())
+      core::log::warning("inbound SA of a losing rekey not installed",
+                         {{"tunnel", e.config_name}, {"in", hex_spi(e.inbound_spi, 8)}, {"error", failure}});
   }
 
   // The second half of a rekey we answered: the peer now reads the new pair.

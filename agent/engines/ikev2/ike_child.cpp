@@ -390,6 +390,7 @@ void IkeEngine::Impl::install(Association& assoc, Child& child, const SaPair& pa
   event.replay_window = child.config.replay_window;
   event.is_rekey = is_rekey;
   event.epoch = pair.epoch;
+  event.current = outbound != Outbound::Never;
   if (outbound != Outbound::Now) {
     event.part = InstallPart::Inbound;
     if (outbound == Outbound::Held) {

@@ -133,6 +133,10 @@ struct ChildSaInstall {
   bool is_rekey = false;
   std::uint64_t epoch = 0;  // 0 for the first SA pair of this child, +1 per rekey
   InstallPart part = InstallPart::Both;
+  // false for the pair of our rekey that lost a collision: installed only to
+  // read what the peer sends with it until our Delete; the child's current
+  // pair stays the peer's.
+  bool current = true;
 };
 
 struct ChildSaRemove {

@@ -213,9 +213,24 @@ TEST_F(LifecycleTest, IkeSaRekeysOnItsOwn) {
   EXPECT_EQ(net.a.count<IkeSaDown>() + net.b.count<IkeSaDown>(), 0u);
 }
 
+// The last pair an end announced as its child's current one is the pair
+// its engine holds as current (what the agent lists and moves).
+void expect_current_announced(const Node& node) {
+  const auto sas = node.engine->sas();
+  ASSERT_EQ(sas.size(), 1u);
+  const IkeSaState& state = sas.front();
+  ASSERT_EQ(state.children.size(), 1u);
+  std::uint32_t announced = 0;
+  for (const auto& install : node.all<ChildSaInstall>())
+    if (install.part != InstallPart::Outbound && install.current) announced = install.inbound_spi;
+  EXPECT_EQ(announced, state.children[0].inbound_spi) << node.name;
+}
+
 // Both ends rekey the same child at once: one new pair survives on both.
 void check_single_survivor(const Node& a, const Node& b) {
   expect_mirrored(a, b);
+  expect_current_announced(a);
+  expect_current_announced(b);
   ASSERT_EQ(a.installed().size(), 1u);
   EXPECT_EQ(a.installed().begin()->second.epoch, 1u);
   EXPECT_EQ(a.pairs_installed(), 3u);  // first pair, two new ones
@@ -249,6 +264,8 @@ TEST_F(LifecycleTest, ChildRekeyCollisionManyTimes) {
     net.run();
     expect_mirrored(net.a, net.b);
     ASSERT_EQ(net.a.installed().size(), 1u) << "round " << round;
+    expect_current_announced(net.a);
+    expect_current_announced(net.b);
     ASSERT_EQ(net.a.engine->sa(a_sa)->children.size(), 1u);
   }
   EXPECT_EQ(net.a.count<IkeSaDown>() + net.b.count<IkeSaDown>(), 0u);
@@ -265,6 +282,8 @@ TEST_F(LifecycleTest, ChildRekeyCollisionWhereOneResponseOvertakes) {
   std::swap(net.wire[0], net.wire[1]);
   net.run();  // a completes first, then b's request meets a pair being deleted
   expect_mirrored(net.a, net.b);
+  expect_current_announced(net.a);
+  expect_current_announced(net.b);
   ASSERT_EQ(net.a.installed().size(), 1u);
   EXPECT_EQ(net.a.engine->sa(a_sa)->children.size(), 1u);
   EXPECT_EQ(net.b.engine->sa(b_sa())->children.size(), 1u);
