@@ -27,6 +27,9 @@ struct CallerCredentials {
   pid_t pid = 0;
   std::string unit;    // systemd unit, "" if not known
   std::string cgroup;  // "" if not known
+  // Set by the backend from policy (MatchOperation=manage): may update the
+  // keys of and terminate other users' associations.
+  bool manages_others = false;
 };
 
 // The a{sv} props of SecureSocket/Connect, type-checked (see dbus/API.md).
@@ -175,6 +178,13 @@ class Backend {
   // The base64 public key of a WireGuard identity (GetPublicKey).
   virtual std::variant<std::string, BusError> public_key(const std::string& identity) {
     return BusError{std::string(kErrorPrefix) + "NoSuchIdentity", "no WireGuard identity named \"" + identity + "\""};
+  }
+
+  // Whether `caller` may see an association that `owner` made: its object,
+  // its properties and its signals. The owner and root may; a backend with
+  // a policy may grant it to others (dbus/API.md, "Who sees what").
+  virtual bool may_observe(const CallerCredentials& caller, uid_t owner) const {
+    return caller.uid == 0 || caller.uid == owner;
   }
 
   virtual std::uint32_t flush_session_cache(const CallerCredentials& caller) = 0;

@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <charconv>
 #include <cstdlib>
@@ -10,6 +11,7 @@
 #include <exception>
 #include <utility>
 
+#include "agent/bus/caller_identity.h"
 #include "agent/bus/errors.h"
 #include "agent/bus/properties_parser.h"
 #include "agent/core/log.h"
@@ -55,50 +57,11 @@ std::optional<std::uint64_t> association_id_from_path(std::string_view path) {
 
 namespace {
 
-constexpr std::uint64_t kCredsMask = SD_BUS_CREDS_EUID | SD_BUS_CREDS_EGID | SD_BUS_CREDS_SUPPLEMENTARY_GIDS |
-                                     SD_BUS_CREDS_PID | SD_BUS_CREDS_UNIQUE_NAME | SD_BUS_CREDS_AUGMENT;
-// Unit and cgroup come from the cgroup file system, which a container or
-// `ip netns exec` may not have mounted: asked for apart, and optional.
-constexpr std::uint64_t kCgroupCredsMask = SD_BUS_CREDS_UNIT | SD_BUS_CREDS_CGROUP | SD_BUS_CREDS_AUGMENT;
-
 int reply_error(sd_bus_message* call, const BusError& e) {
   const char* name = error::is_valid_error_name(e.name) ? e.name.c_str() : error::kInternal;
   int r = sd_bus_reply_method_errorf(call, name, "%s", e.message.c_str());
   if (r < 0) core::log::warning("could not send error reply", {{"error", name}, {"errno", std::strerror(-r)}});
   return r < 0 ? r : 1;
-}
-
-// Who sent `m`, from the bus daemon (and /proc for what it does not tell).
-// The uid, gid and pid are required: a call whose sender cannot be
-// identified is refused.
-std::variant<CallerCredentials, BusError> query_caller_credentials(sd_bus_message* m) {
-  CredsRef creds;
-  int r = sd_bus_query_sender_creds(m, kCredsMask, creds.out());
-  if (r < 0)
-    return error::make(error::kPolicyDenied,
-                       std::string("refused: the caller's credentials could not be determined (") +
-                           std::strerror(-r) + ")");
-  CallerCredentials caller;
-  const char* text = nullptr;
-  if (sd_bus_creds_get_unique_name(creds.get(), &text) >= 0 && text)
-    caller.unique_name = text;
-  else if (const char* sender = sd_bus_message_get_sender(m))
-    caller.unique_name = sender;
-  int uid_r = sd_bus_creds_get_euid(creds.get(), &caller.uid);
-  int gid_r = sd_bus_creds_get_egid(creds.get(), &caller.gid);
-  int pid_r = sd_bus_creds_get_pid(creds.get(), &caller.pid);
-  if (uid_r < 0 || gid_r < 0 || pid_r < 0 || caller.unique_name.empty())
-    return error::make(error::kPolicyDenied,
-                       "refused: the bus did not report the caller's user, group and process id");
-  const gid_t* gids = nullptr;
-  int n = sd_bus_creds_get_supplementary_gids(creds.get(), &gids);
-  if (n > 0) caller.supplementary_gids.assign(gids, gids + n);
-  CredsRef cgroup_creds;
-  if (sd_bus_query_sender_creds(m, kCgroupCredsMask, cgroup_creds.out()) >= 0) {
-    if (sd_bus_creds_get_unit(cgroup_creds.get(), &text) >= 0 && text) caller.unit = text;
-    if (sd_bus_creds_get_cgroup(cgroup_creds.get(), &text) >= 0 && text) caller.cgroup = text;
-  }
-  return caller;
 }
 
 // The answer to one SecureSocket/Connect call. The backend may complete it
@@ -284,6 +247,41 @@ int append_association_property(sd_bus_message* reply, const AssociationInfo& in
   return std::visit(Appender{reply, info}, field);
 }
 
+const char* signature_of(const AssociationField& field) {
+  struct Signature {
+    const char* operator()(std::string AssociationInfo::*) const { return "s"; }
+    const char* operator()(std::uint64_t AssociationInfo::*) const { return "t"; }
+    const char* operator()(bool AssociationInfo::*) const { return "b"; }
+    const char* operator()(uid_t AssociationInfo::*) const { return "u"; }
+    const char* operator()(std::uint16_t AssociationInfo::*) const { return "q"; }
+    const char* operator()(std::vector<std::string> AssociationInfo::*) const { return "as"; }
+    const char* operator()(ParentPath) const { return "o"; }
+  };
+  return std::visit(Signature{}, field);
+}
+
+// The a{sv} of the named association properties; every one if none is named.
+int append_property_dict(sd_bus_message* m, const AssociationInfo& info, std::initializer_list<const char*> names) {
+  int r = sd_bus_message_open_container(m, 'a', "{sv}");
+  for (const auto& p : kAssociationProperties) {
+    if (r < 0) break;
+    if (names.size() && std::none_of(names.begin(), names.end(), [&](const char* n) { return p.name == n; }))
+      continue;
+    if ((r = sd_bus_message_open_container(m, 'e', "sv")) < 0) break;
+    if ((r = sd_bus_message_append_basic(m, 's', std::string(p.name).c_str())) < 0) break;
+    if ((r = sd_bus_message_open_container(m, 'v', signature_of(p.field))) < 0) break;
+    if ((r = append_association_property(m, info, p.field)) < 0) break;
+    if ((r = sd_bus_message_close_container(m)) < 0) break;
+    r = sd_bus_message_close_container(m);
+  }
+  return r < 0 ? r : sd_bus_message_close_container(m);
+}
+
+// The interfaces an association object has besides its own, as sd-bus
+// reports them.
+constexpr const char* kStandardInterfaces[] = {"org.freedesktop.DBus.Peer", "org.freedesktop.DBus.Introspectable",
+                                               "org.freedesktop.DBus.Properties"};
+
 }  // namespace
 
 struct BusService::PendingValidation {
@@ -354,7 +352,10 @@ struct BusService::Handlers {
       int r = sd_bus_message_new_method_return(m, reply.out());
       if (r < 0) return r;
       if ((r = sd_bus_message_open_container(reply.get(), 'a', "o")) < 0) return r;
-      for (std::uint64_t id : self(userdata).backend_.association_ids()) {
+      auto& service = self(userdata);
+      for (std::uint64_t id : service.backend_.association_ids()) {
+        auto owner = service.owner_of(id);
+        if (!owner || !service.current_caller_may_observe(service.bus_.get(), *owner)) continue;
         std::string path = association_path(id);
         if ((r = sd_bus_message_append_basic(reply.get(), 'o', path.c_str())) < 0) return r;
       }
@@ -472,19 +473,29 @@ struct BusService::Handlers {
 
   // org.tapsec1.Association (fallback below /org/tapsec1/association)
 
-  static int find_association(sd_bus*, const char* path, const char*, void* userdata, void** found,
+  // An association the caller may not see does not exist for it
+  // (UnknownObject), so its properties and methods are out of reach too.
+  static int find_association(sd_bus* bus, const char* path, const char*, void* userdata, void** found,
                               sd_bus_error* ret_error) {
     return guarded(ret_error, [&] {
       auto id = association_id_from_path(path);
-      if (!id || !self(userdata).backend_.association(*id)) return 0;
+      if (!id) return 0;
+      auto& service = self(userdata);
+      auto owner = service.owner_of(*id);
+      if (!owner || !service.current_caller_may_observe(bus, *owner)) return 0;
       *found = userdata;
       return 1;
     });
   }
 
-  static int enumerate_associations(sd_bus*, const char*, void* userdata, char*** nodes, sd_bus_error* ret_error) {
+  static int enumerate_associations(sd_bus* bus, const char*, void* userdata, char*** nodes, sd_bus_error* ret_error) {
     return guarded(ret_error, [&] {
-      std::vector<std::uint64_t> ids = self(userdata).backend_.association_ids();
+      auto& service = self(userdata);
+      std::vector<std::uint64_t> ids;
+      for (std::uint64_t id : service.backend_.association_ids()) {
+        auto owner = service.owner_of(id);
+        if (owner && service.current_caller_may_observe(bus, *owner)) ids.push_back(id);
+      }
       // sd-bus frees the list with free(): build it with malloc.
       char** list = static_cast<char**>(calloc(ids.size() + 1, sizeof(char*)));
       if (!list) return -ENOMEM;
@@ -579,6 +590,13 @@ struct BusService::Handlers {
   }
 
   // Replies from the bus daemon and from applications.
+
+  static int on_name_owner_changed(sd_bus_message* m, void* userdata, sd_bus_error*) {
+    const char *name = nullptr, *old_owner = nullptr, *new_owner = nullptr;
+    if (sd_bus_message_read(m, "sss", &name, &old_owner, &new_owner) < 0) return 0;
+    if (name && name[0] == ':' && (!new_owner || !*new_owner)) self(userdata).forget_caller(name);
+    return 0;
+  }
 
   static int on_name_reply(sd_bus_message* reply, void* userdata, sd_bus_error*) {
     BusService& service = self(userdata);
@@ -785,6 +803,13 @@ int BusService::start() {
     r = add("association enumerator",
             sd_bus_add_node_enumerator(bus, slot.out(), kManagerPath, Handlers::enumerate_associations, this),
             slot);
+  // A caller that leaves the bus is forgotten: it watches nothing more, and
+  // its unique name is never used again.
+  if (r >= 0)
+    r = add("caller departures",
+            sd_bus_match_signal(bus, slot.out(), "org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus",
+                                "NameOwnerChanged", Handlers::on_name_owner_changed, this),
+            slot);
   if (r >= 0 && options_.request_name) {
     r = sd_bus_request_name_async(bus, name_slot_.out(), kBusName, 0, Handlers::on_name_reply, this);
     if (r < 0) core::log::error("could not request the bus name", {{"name", kBusName}, {"errno", std::strerror(-r)}});
@@ -799,64 +824,94 @@ int BusService::start() {
   return 0;
 }
 
-void BusService::association_added(std::uint64_t id) {
+void BusService::send_to_watchers(std::uint64_t id, const char* path, const char* interface, const char* member,
+                                  const std::function<int(sd_bus_message*)>& append) {
+  auto owner = owner_of(id);
+  if (!owner) return;
+  for (const auto& [name, record] : callers_) {
+    if (!backend_.may_observe(record.credentials, *owner)) continue;
+    MessageRef signal;
+    int r = sd_bus_message_new_signal(bus_.get(), signal.out(), path, interface, member);
+    if (r >= 0) r = sd_bus_message_set_destination(signal.get(), name.c_str());
+    if (r >= 0) r = append(signal.get());
+    if (r >= 0) r = sd_bus_send(bus_.get(), signal.get(), nullptr);
+    warn_if_failed(r, member, id);
+  }
+}
+
+void BusService::emit_properties_changed(std::uint64_t id, std::initializer_list<const char*> properties) {
+  auto info = backend_.association(id);
+  if (!info) return;
   std::string path = association_path(id);
-  warn_if_failed(sd_bus_emit_object_added(bus_.get(), path.c_str()), "InterfacesAdded", id);
+  send_to_watchers(id, path.c_str(), "org.freedesktop.DBus.Properties", "PropertiesChanged", [&](sd_bus_message* m) {
+    int r = sd_bus_message_append_basic(m, 's', kAssociationInterface);
+    if (r >= 0) r = append_property_dict(m, *info, properties);
+    if (r >= 0) r = sd_bus_message_append(m, "as", 0);
+    return r;
+  });
+}
+
+void BusService::association_added(std::uint64_t id) {
+  info_cache_ = {};
+  auto info = backend_.association(id);
+  if (!info) return;
+  owners_[id] = info->owner_uid;
+  std::string path = association_path(id);
+  send_to_watchers(id, kManagerPath, "org.freedesktop.DBus.ObjectManager", "InterfacesAdded", [&](sd_bus_message* m) {
+    int r = sd_bus_message_append_basic(m, 'o', path.c_str());
+    if (r >= 0) r = sd_bus_message_open_container(m, 'a', "{sa{sv}}");
+    if (r >= 0) r = sd_bus_message_open_container(m, 'e', "sa{sv}");
+    if (r >= 0) r = sd_bus_message_append_basic(m, 's', kAssociationInterface);
+    if (r >= 0) r = append_property_dict(m, *info, {});
+    if (r >= 0) r = sd_bus_message_close_container(m);
+    for (const char* standard : kStandardInterfaces)
+      if (r >= 0) r = sd_bus_message_append(m, "{sa{sv}}", standard, 0);
+    return r < 0 ? r : sd_bus_message_close_container(m);
+  });
 }
 
 void BusService::association_removed(std::uint64_t id) {
   info_cache_ = {};
-  // The backend has usually forgotten the association by now, so sd-bus
-  // cannot look its interfaces up: name them here.
   std::string path = association_path(id);
-  MessageRef signal;
-  int r = sd_bus_message_new_signal(bus_.get(), signal.out(), kManagerPath, "org.freedesktop.DBus.ObjectManager",
-                                    "InterfacesRemoved");
-  if (r >= 0)
-    r = sd_bus_message_append(signal.get(), "oas", path.c_str(), 4, kAssociationInterface,
-                              "org.freedesktop.DBus.Peer", "org.freedesktop.DBus.Introspectable",
-                              "org.freedesktop.DBus.Properties");
-  if (r >= 0) r = sd_bus_send(bus_.get(), signal.get(), nullptr);
-  warn_if_failed(r, "InterfacesRemoved", id);
+  send_to_watchers(id, kManagerPath, "org.freedesktop.DBus.ObjectManager", "InterfacesRemoved",
+                   [&](sd_bus_message* m) {
+                     return sd_bus_message_append(m, "oas", path.c_str(), 4, kAssociationInterface,
+                                                  kStandardInterfaces[0], kStandardInterfaces[1],
+                                                  kStandardInterfaces[2]);
+                   });
+  owners_.erase(id);
 }
 
 void BusService::key_expiring(std::uint64_t id, std::uint64_t remaining_records) {
   std::string path = association_path(id);
-  warn_if_failed(sd_bus_emit_signal(bus_.get(), path.c_str(), kAssociationInterface, "KeyExpiring", "t",
-                                    remaining_records),
-                 "KeyExpiring", id);
+  send_to_watchers(id, path.c_str(), kAssociationInterface, "KeyExpiring",
+                   [&](sd_bus_message* m) { return sd_bus_message_append(m, "t", remaining_records); });
 }
 
 void BusService::keys_updated(std::uint64_t id, std::uint64_t epoch) {
   info_cache_ = {};
   std::string path = association_path(id);
-  warn_if_failed(sd_bus_emit_signal(bus_.get(), path.c_str(), kAssociationInterface, "KeysUpdated", "t", epoch),
-                 "KeysUpdated", id);
-  warn_if_failed(sd_bus_emit_properties_changed(bus_.get(), path.c_str(), kAssociationInterface, "KeyEpoch",
-                                                "ExpiresAt", nullptr),
-                 "PropertiesChanged", id);
+  send_to_watchers(id, path.c_str(), kAssociationInterface, "KeysUpdated",
+                   [&](sd_bus_message* m) { return sd_bus_message_append(m, "t", epoch); });
+  emit_properties_changed(id, {"KeyEpoch", "ExpiresAt"});
 }
 
 void BusService::path_changed(std::uint64_t id, const std::string& old_path, const std::string& new_path) {
   info_cache_ = {};
   std::string path = association_path(id);
-  warn_if_failed(sd_bus_emit_signal(bus_.get(), path.c_str(), kAssociationInterface, "PathChanged", "ss",
-                                    old_path.c_str(), new_path.c_str()),
-                 "PathChanged", id);
-  warn_if_failed(sd_bus_emit_properties_changed(bus_.get(), path.c_str(), kAssociationInterface, "LocalAddress",
-                                                "PeerAddress", nullptr),
-                 "PropertiesChanged", id);
+  send_to_watchers(id, path.c_str(), kAssociationInterface, "PathChanged", [&](sd_bus_message* m) {
+    return sd_bus_message_append(m, "ss", old_path.c_str(), new_path.c_str());
+  });
+  emit_properties_changed(id, {"LocalAddress", "PeerAddress"});
 }
 
 void BusService::terminated(std::uint64_t id, const std::string& reason) {
+  info_cache_ = {};
   std::string path = association_path(id);
-  warn_if_failed(
-      sd_bus_emit_signal(bus_.get(), path.c_str(), kAssociationInterface, "Terminated", "s", reason.c_str()),
-      "Terminated", id);
+  send_to_watchers(id, path.c_str(), kAssociationInterface, "Terminated",
+                   [&](sd_bus_message* m) { return sd_bus_message_append(m, "s", reason.c_str()); });
   // Only while the object is still there; once removed, InterfacesRemoved says it all.
-  if (backend_.association(id))
-    warn_if_failed(sd_bus_emit_properties_changed(bus_.get(), path.c_str(), kAssociationInterface, "State", nullptr),
-                   "PropertiesChanged", id);
+  emit_properties_changed(id, {"State"});
 }
 
 void BusService::validate_peer(const std::string& unique_name, const std::string& object_path,
@@ -912,23 +967,47 @@ const std::optional<AssociationInfo>& BusService::association_for(const sd_bus_m
 }
 
 std::variant<CallerCredentials, BusError> BusService::caller_credentials(sd_bus_message* m) {
-  // A connection's credentials are fixed when it connects, and unique names
-  // are never reused on a bus: ask the bus daemon once per caller, not once
-  // per call (each query is a blocking round trip).
+  // A connection's uid and groups are fixed when it connects, and unique
+  // names are never reused on a bus: ask the bus daemon once per caller,
+  // not once per call (each query is a blocking round trip).
   const char* sender = sd_bus_message_get_sender(m);
-  if (sender) {
-    if (auto it = callers_.find(sender); it != callers_.end()) return it->second;
+  if (!sender) return error::make(error::kPolicyDenied, "refused: the call names no sender");
+  if (auto it = callers_.find(sender); it != callers_.end()) {
+    recheck_caller(it->second);
+    return it->second.credentials;
   }
-  auto fresh = query_caller_credentials(m);
-  if (sender && std::holds_alternative<CallerCredentials>(fresh)) {
-    if (callers_.size() >= kCallerCacheCapacity) {
-      callers_.erase(caller_order_.front());
-      caller_order_.pop_front();
-    }
-    callers_.emplace(sender, std::get<CallerCredentials>(fresh));
-    caller_order_.push_back(sender);
+  auto fresh = identify_caller(bus_.get(), sender);
+  if (auto* e = std::get_if<BusError>(&fresh)) return *e;
+  while (callers_.size() >= kCallerCacheCapacity && !caller_order_.empty()) {
+    callers_.erase(caller_order_.front());
+    caller_order_.pop_front();
   }
-  return fresh;
+  auto& record = callers_.emplace(sender, std::move(std::get<CallerRecord>(fresh))).first->second;
+  caller_order_.push_back(sender);
+  return record.credentials;
+}
+
+bool BusService::current_caller_may_observe(sd_bus* bus, uid_t owner) {
+  sd_bus_message* call = sd_bus_get_current_message(bus);
+  if (!call) return false;
+  auto caller = caller_credentials(call);
+  auto* known = std::get_if<CallerCredentials>(&caller);
+  return known && backend_.may_observe(*known, owner);
+}
+
+std::optional<uid_t> BusService::owner_of(std::uint64_t id) {
+  if (auto it = owners_.find(id); it != owners_.end()) return it->second;
+  // Not announced (yet): ask the backend.
+  if (auto info = backend_.association(id)) return info->owner_uid;
+  return std::nullopt;
+}
+
+void BusService::forget_caller(const std::string& unique_name) {
+  if (!callers_.erase(unique_name)) return;
+  // The order list keeps departed names until it is twice the cache's size.
+  if (caller_order_.size() > 2 * kCallerCacheCapacity) {
+    std::erase_if(caller_order_, [&](const std::string& name) { return !callers_.count(name); });
+  }
 }
 
 void BusService::finish_validation(std::uint64_t token, bool accept, std::string reason) {

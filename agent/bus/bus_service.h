@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <initializer_list>
 #include <map>
 #include <memory>
 #include <optional>
@@ -25,6 +26,7 @@
 #include <vector>
 
 #include "agent/bus/backend.h"
+#include "agent/bus/caller_identity.h"
 #include "agent/bus/sd_bus_ref.h"
 
 namespace tapsec::bus {
@@ -86,10 +88,22 @@ class BusService : public Publisher {
 
   void finish_validation(std::uint64_t token, bool accept, std::string reason);
   std::variant<CallerCredentials, BusError> caller_credentials(sd_bus_message* m);
+  // Whether the caller of the message being handled may see associations
+  // of `owner`; false when the caller cannot be identified.
+  bool current_caller_may_observe(sd_bus* bus, uid_t owner);
+  std::optional<uid_t> owner_of(std::uint64_t id);
+  // Sends one signal about association `id` to each connection that has
+  // called the agent and may see it, never as a broadcast: who may not see
+  // an association gets nothing of its signals either.
+  void send_to_watchers(std::uint64_t id, const char* path, const char* interface, const char* member,
+                        const std::function<int(sd_bus_message*)>& append);
+  void forget_caller(const std::string& unique_name);
+  void emit_properties_changed(std::uint64_t id, std::initializer_list<const char*> properties);
 
   static constexpr std::size_t kCallerCacheCapacity = 4096;
-  std::unordered_map<std::string, CallerCredentials> callers_;  // by unique name
-  std::deque<std::string> caller_order_;                        // oldest first
+  std::unordered_map<std::string, CallerRecord> callers_;  // by unique name; also the watchers
+  std::deque<std::string> caller_order_;                        // oldest first (may hold departed ones)
+  std::unordered_map<std::uint64_t, uid_t> owners_;            // of the announced associations
 
   BusRef bus_;
   Backend& backend_;

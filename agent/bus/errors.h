@@ -22,6 +22,7 @@ inline constexpr const char* kExportDenied = "org.tapsec1.Error.ExportDenied";
 inline constexpr const char* kNoSuchIdentity = "org.tapsec1.Error.NoSuchIdentity";
 inline constexpr const char* kNoSuchAssociation = "org.tapsec1.Error.NoSuchAssociation";
 inline constexpr const char* kTimeout = "org.tapsec1.Error.Timeout";
+inline constexpr const char* kLimitExceeded = "org.tapsec1.Error.LimitExceeded";
 inline constexpr const char* kInternal = "org.tapsec1.Error.Internal";
 
 inline BusError make(const char* name, std::string message) { return BusError{name, std::move(message)}; }
@@ -29,10 +30,11 @@ inline BusError make(const char* name, std::string message) { return BusError{na
 inline BusError named(const char* short_name, std::string message) {
   return BusError{std::string(kErrorPrefix) + short_name, std::move(message)};
 }
-// Only root and the owner of an association may change it.
+// Only root, the owner of an association and whom policy lets manage
+// others' associations may change it.
 inline std::optional<BusError> check_owner(const CallerCredentials& caller, uid_t owner, std::uint64_t id,
                                            const char* action) {
-  if (caller.uid == 0 || caller.uid == owner) return std::nullopt;
+  if (caller.uid == 0 || caller.uid == owner || caller.manages_others) return std::nullopt;
   return named("PolicyDenied", std::string("only the owner (uid ") + std::to_string(owner) + ") or root may " +
                                    action + " association " + std::to_string(id));
 }

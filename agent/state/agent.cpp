@@ -5,7 +5,6 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <poll.h>
-#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 
@@ -13,13 +12,13 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
-#include <thread>
 
 #include "agent/bus/errors.h"
 #include "agent/core/log.h"
 #include "agent/kernel/ktls.h"
 #include "agent/kernel/socket_info.h"
 #include "agent/kernel/socket_locator.h"
+#include "agent/state/policy_caller.h"
 
 namespace tapsec::state {
 namespace {
@@ -71,6 +70,14 @@ void split_address(const std::string& address, std::string* ip, std::uint16_t* p
   *port = static_cast<std::uint16_t>(std::atoi(address.c_str() + colon + 1));
 }
 
+// The IP literal of a resolved address, for the policy's MatchAddress.
+std::string ip_of(const sockaddr_storage& address) {
+  std::string ip;
+  std::uint16_t port = 0;
+  split_address(kernel::format_socket_address(&address, sizeof address), &ip, &port);
+  return ip;
+}
+
 }  // namespace
 
 struct Agent::Association {
@@ -90,11 +97,11 @@ struct Agent::PendingHandshake {
 
 struct Agent::PendingConnect {
   TlsRequest request;
-  core::UniqueFd event;  // eventfd the resolver thread signals
+  RequestQuota::Slot slot;
+  core::Resolver::Lookup lookup;  // cancelled with the request
   core::Reactor::Id watch = 0;
   core::Reactor::Id timer = 0;
-  std::shared_ptr<std::vector<sockaddr_storage>> addresses = std::make_shared<std::vector<sockaddr_storage>>();
-  std::shared_ptr<std::string> resolve_error = std::make_shared<std::string>();
+  core::Resolver::Addresses addresses;  // resolved and allowed by policy
   std::size_t next_address = 0;
   std::string last_error;
 };
@@ -104,7 +111,10 @@ Agent::Agent(core::Reactor& reactor, AgentOptions options, kernel::KernelCapabil
       options_(std::move(options)),
       capabilities_(std::move(capabilities)),
       session_cache_(std::make_shared<tls::SessionCache>(options_.session_cache_capacity)),
-      ticket_keys_(tls::TicketKeys::generate()) {
+      ticket_keys_(tls::TicketKeys::generate()),
+      resolver_(reactor_, options_.resolver),
+      handshake_quota_(options_.handshakes),
+      connect_quota_(options_.connects) {
   liveness_timer_ = reactor_.add_timer(options_.liveness_interval, [this] { check_liveness(); });
   ike_ = std::make_unique<IkeService>(reactor_, options_.ike, capabilities_, [this] { return next_id_++; });
   if (options_.ike.ike_port != 0) {
@@ -161,7 +171,32 @@ void Agent::secure_socket(const bus::CallerCredentials& caller, core::UniqueFd f
   std::string peer_ip;
   split_address(request.socket.peer_address, &peer_ip, &request.port);
   request.host = !request.props.server_name.empty() ? request.props.server_name : peer_ip;
+  // Policy before any handshake work (start_tls decides first).
   start_tls(std::move(request));
+}
+
+std::optional<bus::BusError> Agent::refuse_over_limit(const std::optional<RequestQuota::Refusal>& refusal,
+                                                     const RequestQuota& quota, uid_t uid, const char* what,
+                                                     const char* option) const {
+  if (!refusal) return std::nullopt;
+  const bool total = *refusal == RequestQuota::Refusal::Total;
+  std::string message =
+      total ? "the agent has " + std::to_string(quota.total()) + " " + what + " in progress, its limit (" + option +
+                  "); try again when some complete"
+            : "uid " + std::to_string(uid) + " has " + std::to_string(quota.count(uid)) + " " + what +
+                  " in progress, the limit per caller (" + option + "-per-caller); try again when one completes";
+  core::log::notice("request refused: limit reached", {{"uid", std::to_string(uid)}, {"what", what}});
+  return make_error("LimitExceeded", std::move(message));
+}
+
+std::optional<bus::BusError> Agent::reserve_handshake(TlsRequest& request) {
+  if (request.handshake_slot) return std::nullopt;
+  auto [slot, refusal] = handshake_quota_.acquire(request.caller.uid);
+  if (auto refused =
+          refuse_over_limit(refusal, handshake_quota_, request.caller.uid, "handshakes", "--max-handshakes"))
+    return refused;
+  request.handshake_slot = std::move(slot);
+  return std::nullopt;
 }
 
 void Agent::connect(const bus::CallerCredentials& caller, const std::string& host, std::uint16_t port,
@@ -171,71 +206,75 @@ void Agent::connect(const bus::CallerCredentials& caller, const std::string& hos
     return;
   }
   if (props.server_name.empty() && !is_ip_literal(host)) props.server_name = host;
+  TlsRequest request{caller, {}, "client", std::move(props), host, port, std::move(done), {}};
+  if (auto refused = refuse_unsupported_protocols(request)) return request.done(std::move(*refused));
+
+  // Policy first: a caller no rule could allow to this host and port gets
+  // no lookup and no connection, whatever the address would have been.
+  auto decision = decide(request, is_ip_literal(host) ? host : std::string(), !is_ip_literal(host));
+  if (!decision.allowed) return deny(request, decision);
+
+  auto [slot, refusal] = connect_quota_.acquire(caller.uid);
+  if (auto refused = refuse_over_limit(refusal, connect_quota_, caller.uid, "Connects", "--max-connects"))
+    return request.done(std::move(*refused));
+  if (auto refused = reserve_handshake(request)) return request.done(std::move(*refused));
 
   auto id = next_id_++;
   auto pending = std::make_unique<PendingConnect>();
-  pending->request = TlsRequest{caller, {}, "client", std::move(props), host, port, std::move(done)};
-  pending->event.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
-  if (!pending->event) {
-    pending->request.done(make_error("Internal", std::string("eventfd: ") + std::strerror(errno)));
-    return;
-  }
-
-  // getaddrinfo blocks; it runs on its own thread and signals the loop.
-  auto event_fd = pending->event.get();
-  std::thread([host, port, event_fd, addresses = pending->addresses, failure = pending->resolve_error] {
-    addrinfo hints{};
-    hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = AI_ADDRCONFIG;
-    addrinfo* result = nullptr;
-    int rc = ::getaddrinfo(host.c_str(), std::to_string(port).c_str(), &hints, &result);
-    if (rc != 0) {
-      *failure = "cannot resolve " + host + ": " + ::gai_strerror(rc);
-    } else {
-      for (auto* ai = result; ai; ai = ai->ai_next) {
-        sockaddr_storage address{};
-        std::memcpy(&address, ai->ai_addr, ai->ai_addrlen);
-        addresses->push_back(address);
-      }
-      ::freeaddrinfo(result);
-    }
-    std::uint64_t one = 1;
-    [[maybe_unused]] auto n = ::write(event_fd, &one, sizeof(one));
-  }).detach();
-
+  pending->request = std::move(request);
   auto* raw = pending.get();
-  connects_[id] = std::move(pending);
-  raw->watch = reactor_.watch(event_fd, POLLIN, [this, id, raw](std::uint32_t) {
-    reactor_.unwatch(std::exchange(raw->watch, 0));
-    if (!raw->resolve_error->empty()) {
-      fail_connect(id, *raw->resolve_error);
-      return;
-    }
-    connect_next_address(id);
+  auto started = resolver_.lookup(host, port, SOCK_STREAM, [this, id](core::Resolver::Result result) {
+    auto it = connects_.find(id);
+    if (it == connects_.end()) return;
+    it->second->lookup = {};
+    if (auto* error = std::get_if<std::string>(&result)) return fail_connect(id, "HandshakeFailed", *error);
+    connect_allowed_addresses(id, std::get<core::Resolver::Addresses>(std::move(result)));
   });
+  if (auto* error = std::get_if<std::string>(&started)) return raw->request.done(make_error("LimitExceeded", *error));
+  raw->lookup = std::move(std::get<core::Resolver::Lookup>(started));
+  connects_[id] = std::move(pending);
   raw->timer = reactor_.add_timer(std::chrono::milliseconds(raw->request.props.timeout_ms), [this, id, raw] {
     raw->timer = 0;
-    fail_connect(id, "connecting to " + raw->request.host + " timed out");
+    fail_connect(id, "Timeout", "connecting to " + raw->request.host + " timed out");
   });
 }
 
-void Agent::fail_connect(std::uint64_t id, std::string message) {
+void Agent::fail_connect(std::uint64_t id, const char* error_name, std::string message) {
   auto it = connects_.find(id);
   if (it == connects_.end()) return;
   auto owned = std::move(it->second);
   connects_.erase(it);
   if (owned->watch) reactor_.unwatch(owned->watch);
   if (owned->timer) reactor_.cancel_timer(owned->timer);
-  owned->request.done(make_error("HandshakeFailed", std::move(message)));
+  owned->request.done(make_error(error_name, std::move(message)));
 }
 
-// Tries the resolved addresses in turn with non-blocking connects.
+// Keeps only the addresses policy allows for this caller; a name that
+// resolves to none of them is denied without a connection.
+void Agent::connect_allowed_addresses(std::uint64_t id, core::Resolver::Addresses addresses) {
+  auto* raw = connects_.at(id).get();
+  std::optional<policy::Decision> denial;
+  for (const auto& address : addresses) {
+    auto decision = decide(raw->request, ip_of(address), false);
+    if (decision.allowed) raw->addresses.push_back(address);
+    else if (!denial) denial = std::move(decision);
+  }
+  if (raw->addresses.empty() && denial) {
+    auto owned = std::move(connects_.at(id));
+    connects_.erase(id);
+    if (owned->timer) reactor_.cancel_timer(owned->timer);
+    return deny(owned->request, *denial);
+  }
+  connect_next_address(id);
+}
+
+// Tries the allowed addresses in turn with non-blocking connects.
 void Agent::connect_next_address(std::uint64_t id) {
   auto it = connects_.find(id);
   if (it == connects_.end()) return;
   auto* raw = it->second.get();
-  while (raw->next_address < raw->addresses->size()) {
-    const auto& address = (*raw->addresses)[raw->next_address++];
+  while (raw->next_address < raw->addresses.size()) {
+    const auto& address = raw->addresses[raw->next_address++];
     core::UniqueFd fd(::socket(address.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, IPPROTO_TCP));
     if (!fd) continue;
     socklen_t len = address.ss_family == AF_INET ? sizeof(sockaddr_in) : sizeof(sockaddr_in6);
@@ -268,12 +307,14 @@ void Agent::connect_next_address(std::uint64_t id) {
         return;
       }
       owned->request.socket = socket.value();
+      owned->slot = {};  // a Connect no more, but still a handshake
       start_tls(std::move(owned->request));
     });
     return;
   }
-  fail_connect(id, "cannot connect to " + raw->request.host + " port " + std::to_string(raw->request.port) +
-                       (raw->last_error.empty() ? std::string() : ": " + raw->last_error));
+  fail_connect(id, "HandshakeFailed",
+               "cannot connect to " + raw->request.host + " port " + std::to_string(raw->request.port) +
+                   (raw->last_error.empty() ? std::string() : ": " + raw->last_error));
 }
 
 std::optional<bus::BusError> Agent::check_offload_possible(const bus::SecurityProperties& props,
@@ -291,42 +332,46 @@ std::optional<bus::BusError> Agent::check_offload_possible(const bus::SecurityPr
   return std::nullopt;
 }
 
-void Agent::start_tls(TlsRequest request) {
+std::optional<bus::BusError> Agent::refuse_unsupported_protocols(TlsRequest& request) const {
   // RFC 8922 §1.2: use only what the application asked for, narrowed by
   // policy, and never switch protocols silently.
   if (request.props.protocols.empty()) request.props.protocols = {"tls"};
-  if (std::find(request.props.protocols.begin(), request.props.protocols.end(), "tls") ==
-      request.props.protocols.end()) {
-    request.done(make_error("NotSupported", "a socket can carry only \"tls\" here; asked for: " +
-                                                join(request.props.protocols)));
-    return;
-  }
+  if (std::find(request.props.protocols.begin(), request.props.protocols.end(), "tls") !=
+      request.props.protocols.end())
+    return std::nullopt;
+  return make_error("NotSupported", "a socket can carry only \"tls\" here; asked for: " + join(request.props.protocols));
+}
 
-  policy::Caller caller{request.caller.uid, request.caller.gid, request.caller.supplementary_gids,
-                        request.caller.pid, request.caller.unit, request.caller.cgroup};
+policy::Decision Agent::decide(const TlsRequest& request, const std::string& address, bool address_pending) const {
   policy::Request asked;
   asked.protocols = request.props.protocols;
   asked.role = request.role;
   asked.host = request.host;
-  std::string peer_ip;
-  std::uint16_t peer_port = request.port;
-  split_address(request.socket.peer_address, &peer_ip, &peer_port);
-  asked.address = peer_ip;
-  asked.port = peer_port;
+  asked.address = address;
+  asked.address_pending = address_pending;
+  asked.port = request.port;
   asked.identity = request.props.identity;
   asked.psk = request.props.psk;
   asked.wants_export = request.props.wants_export;
   asked.peer_validation = request.props.peer_validation;
   asked.offload = request.props.offload == "required" ? policy::Offload::Required : policy::Offload::Preferred;
+  return policy_.evaluate(policy_caller(request.caller), asked);
+}
 
-  auto decision = policy_.evaluate(caller, asked);
-  if (!decision.allowed) {
-    core::log::notice("request denied by policy", {{"uid", std::to_string(caller.uid)},
-                                                   {"host", asked.host},
-                                                   {"reason", decision.denial_reason}});
-    request.done(make_error("PolicyDenied", decision.denial_reason));
-    return;
-  }
+void Agent::deny(TlsRequest& request, const policy::Decision& decision) const {
+  core::log::notice("request denied by policy", {{"uid", std::to_string(request.caller.uid)},
+                                                 {"host", request.host},
+                                                 {"reason", decision.denial_reason}});
+  request.done(make_error("PolicyDenied", decision.denial_reason));
+}
+
+void Agent::start_tls(TlsRequest request) {
+  if (auto refused = refuse_unsupported_protocols(request)) return request.done(std::move(*refused));
+  std::string peer_ip;
+  split_address(request.socket.peer_address, &peer_ip, &request.port);
+  auto decision = decide(request, peer_ip, false);
+  if (!decision.allowed) return deny(request, decision);
+  if (auto refused = reserve_handshake(request)) return request.done(std::move(*refused));
   if (std::find(decision.protocols.begin(), decision.protocols.end(), "tls") == decision.protocols.end()) {
     request.done(make_error("PolicyDenied", "policy rule " + decision.rule + " does not allow tls; it allows: " +
                                                 join(decision.protocols)));
@@ -667,8 +712,25 @@ std::optional<bus::BusError> Agent::authorize(const bus::CallerCredentials& call
   return bus::error::check_owner(caller, association.info.owner_uid, association.info.id, action);
 }
 
-std::optional<bus::BusError> Agent::update_keys(const bus::CallerCredentials& caller, std::uint64_t id,
+bool Agent::granted(const bus::CallerCredentials& caller, const char* operation) const {
+  policy::Request asked;
+  asked.operation = operation;
+  return policy_.evaluate(policy_caller(caller), asked).allowed;
+}
+
+bool Agent::may_observe(const bus::CallerCredentials& caller, uid_t owner) const {
+  return caller.uid == 0 || caller.uid == owner || granted(caller, "observe");
+}
+
+bus::CallerCredentials Agent::with_grants(const bus::CallerCredentials& caller) const {
+  bus::CallerCredentials out = caller;
+  out.manages_others = caller.uid != 0 && granted(caller, "manage");
+  return out;
+}
+
+std::optional<bus::BusError> Agent::update_keys(const bus::CallerCredentials& asking, std::uint64_t id,
                                                 bool request_peer) {
+  const bus::CallerCredentials caller = with_grants(asking);
   if (ike_->owns(id)) return ike_->update_keys(caller, id);
   if (wireguard_->owns(id)) return wireguard_->update_keys(caller, id);
   auto it = associations_.find(id);
@@ -766,7 +828,8 @@ std::variant<std::vector<std::uint8_t>, bus::BusError> Agent::export_keying_mate
   return std::get<std::vector<std::uint8_t>>(exported);
 }
 
-std::optional<bus::BusError> Agent::terminate(const bus::CallerCredentials& caller, std::uint64_t id) {
+std::optional<bus::BusError> Agent::terminate(const bus::CallerCredentials& asking, std::uint64_t id) {
+  const bus::CallerCredentials caller = with_grants(asking);
   if (ike_->owns(id)) return ike_->terminate(caller, id);
   if (wireguard_->owns(id)) return wireguard_->terminate(caller, id);
   auto it = associations_.find(id);
@@ -826,8 +889,14 @@ void Agent::check_liveness() {
   for (auto id : gone) remove_association(id, "the application closed the socket");
 }
 
+// Everyone may flush their own cached sessions; every user's only root and
+// whom policy grants "flush-session-cache".
 std::uint32_t Agent::flush_session_cache(const bus::CallerCredentials& caller) {
-  return static_cast<std::uint32_t>(session_cache_->flush());
+  if (caller.uid == 0 || granted(caller, "flush-session-cache"))
+    return static_cast<std::uint32_t>(session_cache_->flush());
+  const std::string mine = "|uid=" + std::to_string(caller.uid) + "|";
+  return static_cast<std::uint32_t>(
+      session_cache_->forget_if([&](const std::string& key) { return key.find(mine) != std::string::npos; }));
 }
 
 bus::ManagerInfo Agent::manager_info() const {

@@ -12,7 +12,9 @@
 #include <vector>
 
 #include "agent/bus/backend.h"
+#include "agent/core/quota.h"
 #include "agent/core/reactor.h"
+#include "agent/core/resolver.h"
 #include "agent/engines/tls/tls_engine.h"
 #include "agent/kernel/capability.h"
 #include "agent/kernel/socket_info.h"
@@ -33,6 +35,12 @@ struct AgentOptions {
   std::chrono::milliseconds liveness_interval{2000};
   IkeOptions ike;
   WgOptions wireguard;
+  // Bounds on what callers may have in progress (dbus/API.md, "Limits").
+  // Handshakes: TLS handshakes of SecureSocket and Connect. Connects: those
+  // still looking the host up or connecting.
+  core::Quota<uid_t>::Limits handshakes{.total = 256, .per_key = 32};
+  core::Quota<uid_t>::Limits connects{.total = 128, .per_key = 16};
+  core::Resolver::Limits resolver;
 };
 
 class Agent : public bus::Backend {
@@ -58,6 +66,7 @@ class Agent : public bus::Backend {
       const std::vector<std::uint8_t>& context, std::uint32_t length) override;
   std::optional<bus::BusError> terminate(const bus::CallerCredentials& caller, std::uint64_t id) override;
   std::uint32_t flush_session_cache(const bus::CallerCredentials& caller) override;
+  bool may_observe(const bus::CallerCredentials& caller, uid_t owner) const override;
   void establish_tunnel(const bus::CallerCredentials& caller, const std::string& peer, bus::TunnelProperties props,
                         std::function<void(TunnelResult)> done) override;
   std::vector<bus::TunnelInfo> tunnels() const override;
@@ -70,6 +79,8 @@ class Agent : public bus::Backend {
   struct PendingConnect;
 
   // Everything needed to run a TLS handshake on a connected socket.
+  using RequestQuota = core::Quota<uid_t>;
+
   struct TlsRequest {
     bus::CallerCredentials caller;
     core::UniqueFd fd;
@@ -79,11 +90,30 @@ class Agent : public bus::Backend {
     std::uint16_t port = 0;
     bus::SecureCompletion done;
     kernel::SocketInfo socket;  // addresses and inode of the TCP socket
+    // Held from the moment the request is accepted until its handshake ends;
+    // Connect takes it before it opens a connection it would then refuse.
+    RequestQuota::Slot handshake_slot;
   };
 
+  // Whether policy grants `caller` an administrative operation
+  // (MatchOperation=).
+  bool granted(const bus::CallerCredentials& caller, const char* operation) const;
+  // The caller, with what policy lets it do to others' associations.
+  bus::CallerCredentials with_grants(const bus::CallerCredentials& caller) const;
+  std::optional<bus::BusError> refuse_unsupported_protocols(TlsRequest& request) const;
+  // The policy's decision on a TLS request to `address` (an IP literal, or
+  // "" with address_pending while the host is still a name).
+  policy::Decision decide(const TlsRequest& request, const std::string& address, bool address_pending) const;
+  void deny(TlsRequest& request, const policy::Decision& decision) const;
+  std::optional<bus::BusError> refuse_over_limit(const std::optional<RequestQuota::Refusal>& refusal,
+                                                 const RequestQuota& quota, uid_t uid, const char* what,
+                                                 const char* option) const;
+  // Takes a handshake slot for the request unless it holds one.
+  std::optional<bus::BusError> reserve_handshake(TlsRequest& request);
   void start_tls(TlsRequest request);
+  void connect_allowed_addresses(std::uint64_t id, core::Resolver::Addresses addresses);
   void connect_next_address(std::uint64_t id);
-  void fail_connect(std::uint64_t id, std::string message);
+  void fail_connect(std::uint64_t id, const char* error_name, std::string message);
   void finish_handshake(std::uint64_t id, const HandshakeFailure* failure);
   std::variant<tls::Settings, bus::BusError> build_settings(const TlsRequest& request,
                                                             const policy::Decision& decision);
@@ -116,6 +146,9 @@ class Agent : public bus::Backend {
   std::shared_ptr<tls::TicketKeys> ticket_keys_;
 
   std::uint64_t next_id_ = 1;
+  core::Resolver resolver_;  // before the requests that hold its lookups
+  RequestQuota handshake_quota_;
+  RequestQuota connect_quota_;
   std::map<std::uint64_t, std::unique_ptr<PendingHandshake>> handshakes_;
   std::map<std::uint64_t, std::unique_ptr<PendingConnect>> connects_;
   std::map<std::uint64_t, std::unique_ptr<Association>> associations_;

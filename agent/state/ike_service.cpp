@@ -17,6 +17,7 @@
 #include "agent/kernel/xfrm.h"
 #include "agent/state/ike_sockets.h"
 #include "agent/state/ike_tunnel_config.h"
+#include "agent/state/policy_caller.h"
 
 namespace tapsec::state {
 namespace {
@@ -827,7 +828,7 @@ void IkeService::establish_tunnel(const bus::CallerCredentials& caller, const st
     entry = &adhoc;
   }
 
-  policy::Caller who{caller.uid, caller.gid, caller.supplementary_gids, caller.pid, caller.unit, caller.cgroup};
+  const policy::Caller who = policy_caller(caller);
   policy::Request request;
   request.protocols = {"ikev2"};
   request.role = "client";

@@ -1083,11 +1083,20 @@ int on_interfaces_changed(sd_bus_message* m, void* userdata, sd_bus_error*) {
   return 0;
 }
 
+// The agent sends its signals to the connections it knows, never as
+// broadcasts: a monitor introduces itself as an ObjectManager client does.
+void introduce_to_agent(sd_bus* bus) {
+  sd_bus_call_method_async(bus, nullptr, kBusName, kManagerPath, "org.freedesktop.DBus.ObjectManager",
+                           "GetManagedObjects", nullptr, nullptr, "");
+}
+
 int on_name_owner_changed(sd_bus_message* m, void* userdata, sd_bus_error*) {
   auto* state = static_cast<MonitorState*>(userdata);
   const char *name = nullptr, *old_owner = nullptr, *new_owner = nullptr;
   if (sd_bus_message_read(m, "sss", &name, &old_owner, &new_owner) < 0) return 0;
-  print_event(*state->ctx, new_owner && *new_owner ? "AgentStarted" : "AgentStopped", "", {});
+  const bool started = new_owner && *new_owner;
+  if (started) introduce_to_agent(sd_bus_message_get_bus(m));
+  print_event(*state->ctx, started ? "AgentStarted" : "AgentStopped", "", {});
   return 0;
 }
 
@@ -1117,6 +1126,7 @@ int cmd_monitor(Context& ctx) {
     if (r >= 0) slots.emplace_back(slot);
   }
   if (r < 0) return report_error(ctx, std::string("cannot subscribe to the agent's signals: ") + strerror(-r));
+  introduce_to_agent(bus);
 
   sd_event* event = nullptr;
   r = sd_event_default(&event);

@@ -56,14 +56,15 @@ MatchResult match_rule(const Rule& rule, const Caller& caller, const Request& re
         "MatchUser " + users + " does not match uid " + std::to_string(caller.uid));
 
   const auto in_groups = [&](const AccountId& a) {
-    return a.id == caller.gid || std::find(caller.supplementary_gids.begin(), caller.supplementary_gids.end(),
+    return (caller.gid != kNoPrimaryGroup && a.id == caller.gid) || std::find(caller.supplementary_gids.begin(), caller.supplementary_gids.end(),
                                            static_cast<gid_t>(a.id)) != caller.supplementary_gids.end();
   };
-  std::string caller_groups = "gid " + std::to_string(caller.gid);
+  std::string caller_groups = caller.gid != kNoPrimaryGroup ? "gid " + std::to_string(caller.gid) : std::string();
   if (!caller.supplementary_gids.empty()) {
-    caller_groups += " or supplementary groups";
+    caller_groups += caller_groups.empty() ? "groups" : " or supplementary groups";
     for (gid_t gid : caller.supplementary_gids) caller_groups += " " + std::to_string(gid);
   }
+  if (caller_groups.empty()) caller_groups = "the caller (no groups known)";
   check(!rule.groups.empty(), "MatchGroup", std::any_of(rule.groups.begin(), rule.groups.end(), in_groups),
         "MatchGroup " + texts_of(rule.groups, [](const AccountId& a) { return a.text; }) + " does not match " +
             caller_groups);
@@ -95,12 +96,17 @@ MatchResult match_rule(const Rule& rule, const Caller& caller, const Request& re
         "MatchHost " + words_of(rule.hosts) +
             (host.empty() ? " does not match (the request names no host)" : " does not match host " + host));
 
-  check(!rule.addresses.empty(), "MatchAddress",
-        address && std::any_of(rule.addresses.begin(), rule.addresses.end(),
-                               [&](const Cidr& prefix) { return cidr_contains(prefix, *address); }),
-        "MatchAddress " + texts_of(rule.addresses, [](const Cidr& c) { return c.text; }) +
-            (address ? " does not contain address " + address->text
-                     : std::string(" does not match (the request has no IP address)")));
+  if (!address && request.address_pending && !rule.addresses.empty()) {
+    if (rule.action == Action::Allow) result.matched_keys.emplace_back("MatchAddress (once resolved)");
+    else result.mismatches.push_back("MatchAddress is checked once the host is resolved");
+  } else {
+    check(!rule.addresses.empty(), "MatchAddress",
+          address && std::any_of(rule.addresses.begin(), rule.addresses.end(),
+                                 [&](const Cidr& prefix) { return cidr_contains(prefix, *address); }),
+          "MatchAddress " + texts_of(rule.addresses, [](const Cidr& c) { return c.text; }) +
+              (address ? " does not contain address " + address->text
+                       : std::string(" does not match (the request has no IP address)")));
+  }
 
   check(!rule.ports.empty(), "MatchPort",
         std::any_of(rule.ports.begin(), rule.ports.end(),
@@ -117,6 +123,23 @@ MatchResult match_rule(const Rule& rule, const Caller& caller, const Request& re
         "MatchTunnel " + words_of(rule.tunnels) +
             (request.tunnel.empty() ? std::string(" does not match (the request is not for a tunnel)")
                                     : " does not match tunnel " + request.tunnel));
+
+  // MatchOperation: administrative operations are granted only by rules
+  // that name them, so a broad allow rule never grants them by accident.
+  if (!request.operation.empty()) {
+    const bool named = std::find(rule.operations.begin(), rule.operations.end(), request.operation) !=
+                       rule.operations.end();
+    if (named) result.matched_keys.emplace_back("MatchOperation");
+    else if (rule.operations.empty())
+      result.mismatches.push_back("the rule has no MatchOperation, so it grants no operation like " +
+                                  request.operation);
+    else
+      result.mismatches.push_back("MatchOperation " + words_of(rule.operations) + " does not name " +
+                                  request.operation);
+  } else if (!rule.operations.empty()) {
+    result.mismatches.push_back("MatchOperation " + words_of(rule.operations) +
+                                " does not match (the request is not an administrative operation)");
+  }
   return result;
 }
 
@@ -240,6 +263,11 @@ Decision evaluate(const PolicyData& data, const Caller& caller, const Request& r
     if (rule.action == Action::Deny) {
       deny(decision, "denied by rule " + rule.name + " (" + rule.location + ")" +
                          (rule.description.empty() ? std::string() : ": " + rule.description));
+      return decision;
+    }
+    if (!request.operation.empty()) {  // grants no protocol, identity or algorithm
+      decision.allowed = true;
+      decision.explanation.push_back("decision: allow operation " + request.operation + " by rule " + rule.name);
       return decision;
     }
     const std::vector<std::string> problems = apply_allow_rule(rule, request, decision);

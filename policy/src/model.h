@@ -58,6 +58,10 @@ struct Rule {
   std::vector<Cidr> addresses;
   std::vector<PortRange> ports;
   std::vector<std::string> tunnels;  // MatchTunnel: tunnel names, "*" = any tunnel
+  // MatchOperation: the administrative operations this rule is about
+  // ("observe", "manage", "flush-session-cache"). Only such rules match an
+  // operation request, and they match nothing else.
+  std::vector<std::string> operations;
 
   // Grants.
   std::optional<std::vector<std::string>> protocols;  // absent = every known protocol

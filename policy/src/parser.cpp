@@ -37,10 +37,11 @@ const std::vector<SectionSpec>& section_specs() {
        "Rule",
        {"Description", "MatchUser", "MatchGroup", "MatchUnit", "MatchCgroup", "MatchRole", "MatchHost",
         "MatchAddress", "MatchPort", "Protocols", "Ciphersuites", "Groups", "SignatureAlgorithms",
-        "Identities", "PSKs", "TrustStore", "PeerValidation", "Export", "Fallback", "Action", "MatchTunnel"},
+        "Identities", "PSKs", "TrustStore", "PeerValidation", "Export", "Fallback", "Action", "MatchTunnel",
+        "MatchOperation"},
        {"MatchUser", "MatchGroup", "MatchUnit", "MatchCgroup", "MatchRole", "MatchHost", "MatchAddress",
         "MatchPort", "Protocols", "Ciphersuites", "Groups", "SignatureAlgorithms", "Identities", "PSKs",
-        "PeerValidation", "MatchTunnel"}},
+        "PeerValidation", "MatchTunnel", "MatchOperation"}},
       {SectionType::Tunnel,
        "Tunnel",
        {"Description", "Name", "Protocol", "Peer", "LocalAddress", "Port", "LocalId", "RemoteId", "Auth", "PSK",
@@ -614,6 +615,14 @@ class FileParser {
           push_unique(rule.tunnels, std::string(word));
           refer(section, "Tunnel", word, line);
         }
+      }
+    } else if (key == "MatchOperation") {
+      for (std::string_view word : words) {
+        const auto& known = known_operations();
+        if (std::find(known.begin(), known.end(), word) == known.end())
+          bad(word, "'" + std::string(word) + "' is not an operation (known: " + join(known, ", ") + ")");
+        else
+          push_unique(rule.operations, std::string(word));
       }
     } else if (key == "Action") {
       if (value == "allow") rule.action = Action::Allow;

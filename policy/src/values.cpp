@@ -251,6 +251,17 @@ const std::vector<std::string>& known_peer_validation_modes() {
   return modes;
 }
 
+}  // namespace tapsec::policy::detail
+
+namespace tapsec::policy {
+const std::vector<std::string>& known_operations() {
+  static const std::vector<std::string> operations = {"observe", "manage", "flush-session-cache"};
+  return operations;
+}
+}  // namespace tapsec::policy
+
+namespace tapsec::policy::detail {
+
 // TLS 1.3 cipher suites OpenSSL 3.0 implements (IANA names, as OpenSSL spells them).
 std::optional<std::string> canonical_ciphersuite(std::string_view name) {
   return lookup(name,

@@ -35,10 +35,14 @@ std::size_t SessionCache::flush() {
 }
 
 std::size_t SessionCache::forget(const std::string& key) {
+  return forget_if([&](const std::string& candidate) { return candidate == key; });
+}
+
+std::size_t SessionCache::forget_if(const std::function<bool(const std::string& key)>& pred) {
   std::lock_guard lock(mutex_);
   std::size_t removed = 0;
   for (auto it = entries_.begin(); it != entries_.end();) {
-    if (it->key == key) {
+    if (pred(it->key)) {
       SSL_SESSION_free(it->session);
       it = entries_.erase(it);
       ++removed;

@@ -38,6 +38,7 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <list>
 #include <memory>
 #include <mutex>
@@ -111,6 +112,8 @@ class SessionCache {
   std::size_t flush();
   // Removes the entries of one key; returns how many were removed.
   std::size_t forget(const std::string& key);
+  // Removes the entries whose key satisfies `pred`; returns how many.
+  std::size_t forget_if(const std::function<bool(const std::string& key)>& pred);
 
  private:
   friend class Session;

@@ -31,11 +31,15 @@ struct Error {
   std::string to_string() const;  // "file:line: message"
 };
 
+// `Caller::gid` when the primary group is not known: the bus records a
+// caller's groups (UnixGroupIDs) but not which of them is primary.
+inline constexpr gid_t kNoPrimaryGroup = static_cast<gid_t>(-1);
+
 // Who is asking, from the bus credentials of the caller.
 struct Caller {
   uid_t uid = 0;
-  gid_t gid = 0;
-  std::vector<gid_t> supplementary_gids;
+  gid_t gid = 0;                         // kNoPrimaryGroup: not known
+  std::vector<gid_t> supplementary_gids;  // for a bus caller: every group the bus recorded
   pid_t pid = 0;
   std::string unit;    // systemd unit, "" if unknown
   std::string cgroup;  // cgroup path, "" if unknown
@@ -48,6 +52,11 @@ struct Request {
   std::string role;                    // "client" | "server"
   std::string host;                    // destination name or address literal ("" if unknown)
   std::string address;                 // destination IP literal ("" if unknown)
+  // The host is a name not resolved yet: decide whether any address could
+  // be allowed, before anything is looked up. An allow rule's MatchAddress
+  // counts as matching and a deny rule's as not; the request is evaluated
+  // again for each address once resolved.
+  bool address_pending = false;
   std::uint16_t port = 0;
   std::string identity;  // requested identity name, "" for none
   std::string psk;       // requested PSK name, "" for none
@@ -57,7 +66,15 @@ struct Request {
   std::string peer_validation;
   Offload offload = Offload::Preferred;
   std::string tunnel;  // EstablishTunnel/Terminate of a tunnel: its name ("" otherwise)
+  // An administrative operation on what other users made ("" otherwise):
+  // "observe" (see their associations), "manage" (update keys of and
+  // terminate them), "flush-session-cache" (flush every user's entries).
+  // Only rules with MatchOperation= naming it can allow it.
+  std::string operation;
 };
+
+// The operations MatchOperation= knows.
+const std::vector<std::string>& known_operations();
 
 struct Decision {
   bool allowed = false;

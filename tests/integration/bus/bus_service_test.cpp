@@ -31,6 +31,7 @@
 #include "agent/core/bus_source.h"
 #include "agent/core/reactor.h"
 #include "agent/core/sd_bus_ptr.h"
+#include "tapsec/policy.h"
 #include "tests/integration/bus/fake_backend.h"
 #include "tests/integration/bus/private_bus.h"
 
@@ -629,7 +630,17 @@ TEST_F(BusServiceTest, CallerCredentialsReachTheBackend) {
   ASSERT_TRUE(secure_pair({}).ok());
   bus::CallerCredentials c = server_->backend.snapshot().caller;
   EXPECT_EQ(c.uid, getuid());
-  EXPECT_EQ(c.gid, getgid());
+  // The bus records the groups at connect time (the effective gid and the
+  // supplementary groups), not which one is primary.
+  EXPECT_EQ(c.gid, policy::kNoPrimaryGroup);
+  std::vector<gid_t> groups(static_cast<std::size_t>(getgroups(0, nullptr)));
+  getgroups(static_cast<int>(groups.size()), groups.data());
+  groups.push_back(getegid());
+  std::sort(groups.begin(), groups.end());
+  groups.erase(std::unique(groups.begin(), groups.end()), groups.end());
+  auto recorded = c.supplementary_gids;
+  std::sort(recorded.begin(), recorded.end());
+  EXPECT_EQ(recorded, groups);
   EXPECT_EQ(c.pid, getpid());
   EXPECT_EQ(c.unique_name, client_name_);
 }
@@ -923,6 +934,9 @@ TEST_F(BusServiceTest, SignalsAreEmitted) {
                                 "org.freedesktop.DBus.Properties", "PropertiesChanged", on_changed, &seen),
             0);
 
+  // Signals go to connections the agent knows, never as broadcasts: the
+  // client introduces itself the way an ObjectManager client does.
+  ASSERT_TRUE(call(bus::kManagerPath, "org.freedesktop.DBus.ObjectManager", "GetManagedObjects").ok());
   server_->on_loop([&] {
     server_->service().key_expiring(id, 1000);
     server_->service().path_changed(id, "10.0.0.1:5->10.0.0.2:443", "10.0.1.1:5->10.0.0.2:443");

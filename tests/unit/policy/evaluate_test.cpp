@@ -398,3 +398,77 @@ TEST(PolicyEvaluate, MovedFromPolicyDeniesEverything) {
 
 }  // namespace
 }  // namespace tapsec::policy
+
+namespace tapsec::policy {
+namespace {
+
+// Before a host name is resolved: could any address be allowed?
+TEST(PolicyBeforeResolution, AnAllowRuleWithMatchAddressMayAllow) {
+  const Policy policy = parse_ok("[Rule lan]\nMatchAddress=10.0.0.0/8\nAction=allow\n");
+  Request request = request_to("db.example.com", "", 5432);
+  EXPECT_FALSE(policy.evaluate(Caller{}, request).allowed);
+  request.address_pending = true;
+  EXPECT_TRUE(policy.evaluate(Caller{}, request).allowed);
+}
+
+TEST(PolicyBeforeResolution, ADenyRuleWithMatchAddressIsLeftForLater) {
+  const Policy policy =
+      parse_ok("[Rule no-lan]\nMatchAddress=10.0.0.0/8\nAction=deny\n\n[Rule rest]\nMatchPort=443\nAction=allow\n");
+  Request request = request_to("www.example.com", "", 443);
+  request.address_pending = true;
+  EXPECT_TRUE(policy.evaluate(Caller{}, request).allowed);
+  request.port = 80;  // nothing could allow this, whatever the address
+  EXPECT_FALSE(policy.evaluate(Caller{}, request).allowed);
+}
+
+TEST(PolicyMatch, AnUnknownPrimaryGroupMatchesOnlyTheRecordedGroups) {
+  Caller caller;
+  caller.gid = kNoPrimaryGroup;
+  caller.supplementary_gids = {100};
+  EXPECT_TRUE(matches("MatchGroup=100", caller, any_request()));
+}
+
+}  // namespace
+}  // namespace tapsec::policy
+
+namespace tapsec::policy {
+namespace {
+
+Request operation(const char* name) {
+  Request request;
+  request.operation = name;
+  return request;
+}
+
+TEST(PolicyOperations, OnlyRulesThatNameAnOperationGrantIt) {
+  const Policy policy = parse_ok(
+      "[Rule everyone]\nAction=allow\n\n"
+      "[Rule operators]\nMatchGroup=100\nMatchOperation=observe flush-session-cache\nAction=allow\n");
+  Caller operator_;
+  operator_.uid = 1000;
+  operator_.supplementary_gids = {100};
+  Caller other;
+  other.uid = 1001;
+  EXPECT_TRUE(policy.evaluate(operator_, operation("observe")).allowed);
+  EXPECT_TRUE(policy.evaluate(operator_, operation("flush-session-cache")).allowed);
+  EXPECT_FALSE(policy.evaluate(operator_, operation("manage")).allowed);
+  // The broad allow rule grants no operation to anyone.
+  EXPECT_FALSE(policy.evaluate(other, operation("observe")).allowed);
+  // A rule with MatchOperation grants nothing else.
+  Request tls;
+  tls.protocols = {"tls"};
+  tls.role = "client";
+  tls.host = "www.example.com";
+  tls.port = 443;
+  const Policy only_operations = parse_ok("[Rule operators]\nMatchOperation=observe\nAction=allow\n");
+  EXPECT_FALSE(only_operations.evaluate(operator_, tls).allowed);
+}
+
+TEST(PolicyOperations, UnknownOperationIsAnError) {
+  auto parsed = Policy::parse("[Rule r]\nMatchOperation=spy\nAction=allow\n", "t.policy");
+  ASSERT_TRUE(std::holds_alternative<std::vector<Error>>(parsed));
+  EXPECT_NE(std::get<std::vector<Error>>(parsed).front().message.find("'spy' is not an operation"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace tapsec::policy

@@ -13,6 +13,11 @@ ike_tunnel_to_charon RekeyPackets=200 LifePackets=100000
 
 old_spi=$(tapsec_assoc_field alpha esp inbound_spi established)
 esp_id=$(tapsec_assoc_field alpha esp id established)
+# The agent sends signals only to connections that may see the association
+# and have introduced themselves; tapsecctl monitor is one, and dbus-monitor
+# sees the copies sent to it.
+tapsec_ctl alpha monitor >/dev/null 2>&1 &
+watcher=$!
 dbus-monitor --address "unix:path=${TAPSEC_DIR[alpha]}/bus" "type='signal',member='KeyExpiring'" \
   >"$IKE_WORK/signals.out" 2>&1 &
 monitor=$!
@@ -24,8 +29,8 @@ summary=$(ike_ping_all_received "$IKE_WORK/ping.out" 300) || ike_fail "the soft-
 
 tapsec_wait_rekeyed alpha esp "$old_spi" 20 || ike_fail "the soft limit did not replace the ESP SA"
 sleep 1
-kill "$monitor" 2>/dev/null
-wait "$monitor" 2>/dev/null
+kill "$monitor" "$watcher" 2>/dev/null
+wait "$monitor" "$watcher" 2>/dev/null
 # The association's path ends in its id; the count is 100000 - 200 or a little less.
 grep -A1 "path=/org/tapsec1/association/$esp_id;.*member=KeyExpiring" "$IKE_WORK/signals.out" >"$IKE_WORK/expiring.out"
 remaining=$(awk '/uint64/ {print $2; exit}' "$IKE_WORK/expiring.out")

@@ -80,6 +80,10 @@ sleep 1.5
 echo "plain peer: connecting before traffic, established after, ping crosses, imported PSK in use"
 
 # The peer moves to 192.0.2.12: its packets now come from there.
+# Signals go only to connections the agent knows: tapsecctl monitor is one,
+# and dbus-monitor sees the copies sent to it.
+ctl alpha monitor >/dev/null 2>&1 &
+watcher=$!
 dbus-monitor --address "unix:path=$HOSTS_DIR/alpha/bus" "type='signal',member='PathChanged'" >"$HOSTS_DIR/paths.out" 2>&1 &
 monitor=$!
 sleep 0.5
@@ -94,7 +98,7 @@ until [[ $(peer_field endpoint) == 192.0.2.12:51900 ]]; do
   sleep 0.3
 done
 sleep 0.5
-kill "$monitor"; wait "$monitor" 2>/dev/null
+kill "$monitor" "$watcher"; wait "$monitor" "$watcher" 2>/dev/null
 grep -q '192.0.2.1 -> 192.0.2.12:51900' "$HOSTS_DIR/paths.out" || fail "no PathChanged to the new endpoint: $(cat "$HOSTS_DIR/paths.out")"
 echo "endpoint change: 192.0.2.2:51900 -> 192.0.2.12:51900, PathChanged signalled"
 
