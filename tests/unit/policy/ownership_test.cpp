@@ -12,6 +12,7 @@ namespace tapsec::policy {
 namespace {
 
 using testing::describe;
+using testing::EffectiveUid;
 using testing::kKeyHex;
 using testing::TempDir;
 
@@ -50,20 +51,6 @@ class PolicyOwnership : public ::testing::Test {
   }
   TempDir dir;
   const std::string rule = "[Rule r]\nAction=allow\n";
-};
-
-// Acts as an agent running as `uid` (the real uid stays root, so the test
-// can go back).
-class EffectiveUid {
- public:
-  explicit EffectiveUid(uid_t uid) { ok_ = ::seteuid(uid) == 0; }
-  ~EffectiveUid() {
-    if (ok_) (void)::seteuid(0);
-  }
-  bool ok() const { return ok_; }
-
- private:
-  bool ok_ = false;
 };
 
 TEST_F(PolicyOwnership, GoodFilesAreAccepted) {
