@@ -11,11 +11,13 @@
 
 #include "agent/bus/bus_service.h"
 #include "agent/core/bus_source.h"
+#include "agent/core/hardening.h"
 #include "agent/core/log.h"
 #include "agent/core/reactor.h"
 #include "agent/core/sd_bus_ptr.h"
 #include "agent/kernel/capability.h"
 #include "agent/state/agent.h"
+#include "agent/state/privileges.h"
 
 namespace {
 
@@ -40,6 +42,9 @@ void usage(FILE* out) {
 
 int main(int argc, char** argv) {
   using namespace tapsec;
+  // First of all, before any key is read: no core file, no ptrace or
+  // /proc/<pid>/mem for other processes of this uid.
+  const std::string dump_problem = core::forbid_core_dumps();
   std::string bus_spec = "system";
   state::AgentOptions options;
 
@@ -98,6 +103,9 @@ int main(int argc, char** argv) {
 
   // A peer closing mid-write must not kill the agent.
   ::signal(SIGPIPE, SIG_IGN);
+
+  if (!dump_problem.empty()) core::log::warning("core dumps may still be possible", {{"error", dump_problem}});
+  state::check_privileges(options);
 
   auto capabilities = kernel::probe_kernel_capabilities();
   core::log::info("kernel probed", {{"release", capabilities.kernel_release},
