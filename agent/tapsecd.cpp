@@ -34,7 +34,14 @@ void usage(FILE* out) {
       "  --wg-stale-after SECONDS       look a peer's host name up again once its last handshake is\n"
       "                                 this old (default 135)\n"
       "  --log-level debug|info|notice|warning|error\n"
-      "  --version\n",
+      "  --version\n"
+      "\n"
+      "tapsecd needs CAP_NET_ADMIN (XFRM, WireGuard devices), CAP_NET_BIND_SERVICE (UDP 500) and,\n"
+      "for kernel-offloaded TLS on sockets applications hold, CAP_SYS_PTRACE (pidfd_getfd); run\n"
+      "it as its own user with those as ambient capabilities (packaging/systemd/tapsecd.service).\n"
+      "It logs the capabilities it holds; a feature missing one says so. It makes itself\n"
+      "non-dumpable (no core file, no ptrace). Policy, key and certificate files must be owned by\n"
+      "root or its own user and not writable by others; secrets not readable by others either.\n",
       out);
 }
 
