@@ -3,7 +3,8 @@
 # a private bus that denies by default and includes the shipped bus policy
 # (dbus/system.d/org.tapsec1.conf), as packaging/systemd/tapsecd.service
 # runs it:
-#   - it owns org.tapsec1 and serves (tapsecctl status);
+#   - it owns org.tapsec1 and serves (tapsecctl status, a TLS connection
+#     with its trust store to a test server);
 #   - it holds exactly the capabilities it was given (CapEff = CapAmb);
 #   - it is not dumpable: no core file (RLIMIT_CORE 0), and a process of
 #     its own uid can neither read /proc/<pid>/environ nor ptrace it;
@@ -16,7 +17,7 @@ build=${1:?build dir}
 here=$(cd "$(dirname "$0")" && pwd)
 source=$(cd "$here/../.." && pwd)
 [[ $(id -u) -eq 0 ]] || { echo "SKIPPED: needs root (creates a user, changes owners)" >&2; exit 77; }
-for tool in setpriv useradd unshare strace dbus-daemon; do
+for tool in setpriv useradd unshare nsenter strace dbus-daemon openssl; do
   command -v $tool >/dev/null || { echo "SKIPPED: $tool is not installed" >&2; exit 77; }
 done
 source "$here/lib/private-bus.sh"
@@ -45,9 +46,26 @@ private_bus_start "$dir" "$source/dbus/system.d/org.tapsec1.conf" || fail "the p
 bus="unix:path=$dir/bus"
 ctl() { "$build/dbus/tapsecctl/tapsecctl" --bus "$bus" "$@"; }
 
-# A policy the agent's user owns: a rule, and a PSK held inline (0600).
+# A test CA and a server certificate (root's, public; the server's key is
+# the test server's, not the agent's).
+mkdir "$dir/pki"
+(
+  cd "$dir/pki" || exit 1
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ca.key -out ca.pem -days 2 \
+    -subj /CN=tapsec-privilege-ca 2>/dev/null &&
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout server.key -out server.csr \
+      -subj /CN=server.test 2>/dev/null &&
+    printf 'subjectAltName=DNS:server.test\n' >server.ext &&
+    openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 2 \
+      -extfile server.ext 2>/dev/null
+) || fail "cannot make the test certificates"
+chmod 0644 "$dir/pki/ca.pem"
+
+# A policy the agent's user owns: a rule for TLS with the test CA, and a
+# PSK held inline (0600).
 mkdir "$dir/policy.d"
-printf '[Rule local]\nMatchUser=root\nProtocols=tls\nFallback=yes\nAction=allow\n' >"$dir/policy.d/50-rule.policy"
+printf '[TrustStore test-ca]\nFile=%s\nIncludeSystem=no\n\n[Rule local]\nMatchUser=root\nProtocols=tls\nTrustStore=test-ca\nFallback=yes\nAction=allow\n' \
+  "$dir/pki/ca.pem" >"$dir/policy.d/50-rule.policy"
 printf '[PSK link]\nKey=hex:%s\n' "$(printf link | sha256sum | cut -d' ' -f1)" >"$dir/policy.d/40-psk.policy"
 chmod 0644 "$dir/policy.d/50-rule.policy"
 chmod 0600 "$dir/policy.d/40-psk.policy"
@@ -85,6 +103,19 @@ done
 grep -q 'capabilities=cap_net_bind_service,cap_net_admin' "$dir/tapsecd.log" || fail "tapsecd did not log its capabilities"
 grep -q 'IKE is off' "$dir/tapsecd.log" && fail "IKE is off although tapsecd may bind its ports"
 echo "capabilities: $(grep -o 'capabilities=[^ ]*' "$dir/tapsecd.log")"
+# A TLS connection the agent secures (userspace fallback where the kernel
+# lacks kTLS) to a test server in the agent's network namespace.
+in_agent_netns() { nsenter --net="/proc/$agent/ns/net" "$@"; }
+in_agent_netns openssl s_server -accept 127.0.0.1:4433 -cert "$dir/pki/server.pem" -key "$dir/pki/server.key" \
+  -rev -quiet -naccept 1 >/dev/null 2>"$dir/server.log" &
+server=$!
+sleep 0.5
+in_agent_netns "$build/dbus/exec/tapsec-exec" --bus "$bus" --connect 127.0.0.1:4433 --server-name server.test -- \
+  sh -c 'echo privileged; read reply; echo "$reply" >&2' 2>"$dir/reply" ||
+  { kill $server 2>/dev/null; fail "tapsec-exec --connect through the agent failed: $(cat "$dir/reply")"; }
+wait $server 2>/dev/null
+grep -q degelivirp "$dir/reply" || fail "no reply through the secured connection: $(cat "$dir/reply")"
+echo "TLS through the agent: $(tail -1 "$dir/reply")"
 
 # 2. Not dumpable.
 grep -Eq '^Max core file size +0 +0 ' "/proc/$agent/limits" || fail "RLIMIT_CORE is not 0: $(grep core "/proc/$agent/limits")"
