@@ -49,16 +49,20 @@ std::string forbid_core_dumps() {
 }
 
 std::string Privileges::effective_names() const {
+  const auto name_of = [](int c) -> std::string { return c < kKnownCapabilities ? kCapabilityNames[c] : "cap_" + std::to_string(c); };
   const int last = last_capability();
-  const std::uint64_t all = last >= 63 ? ~0ULL : (1ULL << (last + 1)) - 1;
-  if ((effective & all) == all) return "all";
-  std::string names;
+  std::string held, missing;
+  int held_count = 0;
   for (int c = 0; c <= last; ++c) {
-    if (!has(c)) continue;
-    if (!names.empty()) names += ",";
-    names += c < kKnownCapabilities ? kCapabilityNames[c] : "cap_" + std::to_string(c);
+    std::string& list = has(c) ? held : missing;
+    if (has(c)) ++held_count;
+    list += (list.empty() ? "" : ",") + name_of(c);
   }
-  return names.empty() ? "none" : names;
+  if (held.empty()) return "none";
+  // Root's set is long; what it lacks says more.
+  if (missing.empty()) return "all";
+  if (held_count > last + 1 - held_count) return "all except " + missing;
+  return held;
 }
 
 Privileges current_privileges() {

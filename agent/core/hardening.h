@@ -22,7 +22,8 @@ struct Privileges {
   std::uint64_t effective = 0, permitted = 0, ambient = 0;
 
   bool has(int capability) const { return capability >= 0 && capability < 64 && (effective >> capability) & 1; }
-  // "cap_net_admin,cap_net_bind_service", "all" for the full set, "none".
+  // "cap_net_bind_service,cap_net_admin"; "all", or "all except cap_x,..."
+  // when most are held; "none".
   std::string effective_names() const;
 };
 
