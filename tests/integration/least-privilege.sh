@@ -73,10 +73,12 @@ chown -R tapsec:tapsec "$dir/policy.d"
 
 # start_agent CAPS: tapsecd as tapsec with CAPS ambient, in a network
 # namespace of its own (so IKE's ports are its own); sets $agent.
+# CAPS "none": no capability at all.
 start_agent() {
-  local caps=$1
+  local caps=(--inh-caps="$1" --ambient-caps="$1")
+  [[ $1 == none ]] && caps=(--inh-caps=-all)
   unshare --net sh -c 'ip link set lo up && exec "$@"' sh \
-    setpriv --reuid=tapsec --regid=tapsec --clear-groups --inh-caps="$caps" --ambient-caps="$caps" -- \
+    setpriv --reuid=tapsec --regid=tapsec --clear-groups "${caps[@]}" -- \
     "$build/agent/tapsecd" --bus "$bus" --policy-dir "$dir/policy.d" --log-level info 2>"$dir/tapsecd.log" &
   agent=$!
 }
@@ -117,13 +119,27 @@ wait $server 2>/dev/null
 grep -q degelivirp "$dir/reply" || fail "no reply through the secured connection: $(cat "$dir/reply")"
 echo "TLS through the agent: $(tail -1 "$dir/reply")"
 
-# 2. Not dumpable.
-grep -Eq '^Max core file size +0 +0 ' "/proc/$agent/limits" || fail "RLIMIT_CORE is not 0: $(grep core "/proc/$agent/limits")"
-same_uid() { setpriv --reuid=tapsec --regid=tapsec --clear-groups --inh-caps=-all -- "$@"; }
-if same_uid cat "/proc/$agent/environ" >/dev/null 2>&1; then fail "a process of uid $uid reads /proc/$agent/environ"; fi
-trace=$(same_uid timeout 3 strace -qq -e trace=none -p "$agent" 2>&1)
-[[ $trace == *"Operation not permitted"* ]] || fail "a process of uid $uid may ptrace tapsecd: ${trace:-attached}"
-echo "not dumpable: environ and ptrace refused to uid $uid"
+# 2. Not dumpable, with capabilities and without: the kernel itself makes a
+# process that gained capabilities at exec non-dumpable, so the run without
+# any is the one that shows tapsecd does it on its own.
+check_not_dumpable() {
+  grep -Eq '^Max core file size +0 +0 ' "/proc/$agent/limits" ||
+    fail "RLIMIT_CORE is not 0: $(grep core "/proc/$agent/limits")"
+  same_uid() { setpriv --reuid=tapsec --regid=tapsec --clear-groups --inh-caps=-all -- "$@"; }
+  if same_uid cat "/proc/$agent/environ" >/dev/null 2>&1; then fail "a process of uid $uid reads /proc/$agent/environ"; fi
+  local trace
+  trace=$(same_uid timeout 3 strace -qq -e trace=none -p "$agent" 2>&1)
+  [[ $trace == *"Operation not permitted"* ]] || fail "a process of uid $uid may ptrace tapsecd: ${trace:-attached}"
+}
+check_not_dumpable
+stop_agent
+start_agent none
+wait_serving || fail "tapsecd without capabilities did not serve"
+[[ $(capability_set CapEff) == 0000000000000000 ]] || fail "CapEff is $(capability_set CapEff), not empty"
+grep -q 'IKE is off: installing XFRM states and policies needs CAP_NET_ADMIN' "$dir/tapsecd.log" ||
+  fail "tapsecd without CAP_NET_ADMIN did not say why IKE is off"
+check_not_dumpable
+echo "not dumpable: core size 0, environ and ptrace refused to uid $uid"
 stop_agent
 
 # 3. Without CAP_NET_BIND_SERVICE: IKE is off with its reason; the rest serves.
