@@ -128,7 +128,13 @@ std::string trusted_file_problem(const struct stat& status, const std::string& p
 }
 
 std::string directory_chain_problem(const std::string& path, std::string_view what) {
-  return chain_problem(std::string(what) + " " + path, parent_of(path), /*start_holds_subject=*/true);
+  const std::string subject = std::string(what) + " " + path;
+  // The directories themselves, not links on the way to them.
+  char* resolved = ::realpath(parent_of(path).c_str(), nullptr);
+  if (!resolved) return "cannot check " + subject + ": its directory " + parent_of(path) + ": " + ::strerror(errno);
+  const std::string directory = resolved;
+  std::free(resolved);
+  return chain_problem(subject, directory, /*start_holds_subject=*/true);
 }
 
 std::optional<FileContents> read_trusted_file(const std::string& path, std::size_t max_bytes,
