@@ -11,11 +11,13 @@
 
 #include "agent/bus/bus_service.h"
 #include "agent/core/bus_source.h"
+#include "agent/core/hardening.h"
 #include "agent/core/log.h"
 #include "agent/core/reactor.h"
 #include "agent/core/sd_bus_ptr.h"
 #include "agent/kernel/capability.h"
 #include "agent/state/agent.h"
+#include "agent/state/privileges.h"
 
 namespace {
 
@@ -32,7 +34,14 @@ void usage(FILE* out) {
       "  --wg-stale-after SECONDS       look a peer's host name up again once its last handshake is\n"
       "                                 this old (default 135)\n"
       "  --log-level debug|info|notice|warning|error\n"
-      "  --version\n",
+      "  --version\n"
+      "\n"
+      "tapsecd needs CAP_NET_ADMIN (XFRM, WireGuard devices), CAP_NET_BIND_SERVICE (UDP 500) and,\n"
+      "for kernel-offloaded TLS on sockets applications hold, CAP_SYS_PTRACE (pidfd_getfd); run\n"
+      "it as its own user with those as ambient capabilities (packaging/systemd/tapsecd.service).\n"
+      "It logs the capabilities it holds; a feature missing one says so. It makes itself\n"
+      "non-dumpable (no core file, no ptrace). Policy, key and certificate files must be owned by\n"
+      "root or its own user and not writable by others; secrets not readable by others either.\n",
       out);
 }
 
@@ -40,6 +49,9 @@ void usage(FILE* out) {
 
 int main(int argc, char** argv) {
   using namespace tapsec;
+  // First of all, before any key is read: no core file, no ptrace or
+  // /proc/<pid>/mem for other processes of this uid.
+  const std::string dump_problem = core::forbid_core_dumps();
   std::string bus_spec = "system";
   state::AgentOptions options;
 
@@ -98,6 +110,9 @@ int main(int argc, char** argv) {
 
   // A peer closing mid-write must not kill the agent.
   ::signal(SIGPIPE, SIG_IGN);
+
+  if (!dump_problem.empty()) core::log::warning("core dumps may still be possible", {{"error", dump_problem}});
+  state::check_privileges(options);
 
   auto capabilities = kernel::probe_kernel_capabilities();
   core::log::info("kernel probed", {{"release", capabilities.kernel_release},

@@ -3,13 +3,12 @@
 #include <fcntl.h>
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
-#include <cstdio>
 #include <cstring>
 
+#include "agent/core/trusted_file.h"
 #include "agent/core/unique_fd.h"
 
 namespace tapsec::state {
@@ -54,27 +53,21 @@ std::variant<std::shared_ptr<WireguardKey>, std::string> WireguardKey::load_or_c
     const policy::Identity& identity) {
   const std::string& path = identity.key_file;
   if (path.empty()) return "identity \"" + identity.name + "\" has no key file";
+  // Not followed: the agent may create this file, and a link would let
+  // someone else choose where.
+  const core::TrustedFileRules rules{"WireGuard key file", "a private key", /*follow_symlinks=*/false};
   if (::access(path.c_str(), F_OK) != 0) {
     if (errno != ENOENT) return system_error("cannot reach the WireGuard key file", path);
+    // A key made in a directory others may write could be swapped for theirs.
+    if (auto problem = core::directory_chain_problem(path, rules.what); !problem.empty()) return problem;
     if (auto error = create_key_file(path); !error.empty()) return error;
   }
-  core::UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
-  if (!fd) return system_error("cannot open the WireGuard key file", path);
-  struct stat info {};
-  if (::fstat(fd.get(), &info) != 0) return system_error("cannot stat the WireGuard key file", path);
-  if (!S_ISREG(info.st_mode)) return "the WireGuard key file " + path + " is not a regular file";
-  if (info.st_mode & (S_IRWXG | S_IRWXO)) {
-    char mode[8];
-    std::snprintf(mode, sizeof mode, "%04o", static_cast<unsigned>(info.st_mode & 07777));
-    return "the WireGuard key file " + path + " may be read by others (mode " + mode + "): chmod 600 it";
-  }
-  char buffer[128] = {};
-  ssize_t n = ::read(fd.get(), buffer, sizeof buffer - 1);
-  if (n < 0) return system_error("cannot read the WireGuard key file", path);
-  std::string_view text(buffer, static_cast<std::size_t>(n));
+  std::string why;
+  auto contents = core::read_trusted_file(path, 128, rules, why);
+  if (!contents) return why;
+  std::string_view text(contents->bytes);
   while (!text.empty() && (text.back() == '\n' || text.back() == '\r' || text.back() == ' ')) text.remove_suffix(1);
   auto key = wg::key_from_base64(text);
-  OPENSSL_cleanse(buffer, sizeof buffer);
   if (!key) return "the WireGuard key file " + path + " does not hold a base64 key of 32 bytes";
   std::shared_ptr<WireguardKey> result(new WireguardKey());
   result->name_ = identity.name;

@@ -20,8 +20,10 @@ class WireguardKey {
   WireguardKey& operator=(const WireguardKey&) = delete;
 
   // Reads identity.key_file (base64, as `wg genkey` writes it), creating it
-  // first if it is missing. Errors say which file and what is wrong; a key
-  // file others may read is refused.
+  // first if it is missing. Errors say which file and what is wrong and what
+  // to run: a key file (or a directory above it) owned by someone other than
+  // root or the agent, or one others may read or write, is refused, and so is
+  // a symbolic link (see agent/core/trusted_file.h).
   static std::variant<std::shared_ptr<WireguardKey>, std::string> load_or_create(const policy::Identity& identity);
 
   const std::string& name() const { return name_; }

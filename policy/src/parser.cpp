@@ -10,7 +10,7 @@
 #include <set>
 #include <utility>
 
-#include "policy/src/files.h"
+#include "agent/core/trusted_file.h"
 #include "policy/src/model.h"
 #include "policy/src/tunnel_values.h"
 #include "policy/src/values.h"
@@ -456,26 +456,19 @@ class FileParser {
 
   void load_key_file(Section& section, const std::string& path, unsigned line) {
     std::string why;
-    auto contents = read_regular_file(path, 8192, why);
+    auto contents = core::read_trusted_file(path, 8192, {"PSK key file", "a PSK"}, why);
     if (!contents) {
       error(line, "KeyFile=: " + why);
       return;
     }
-    const mode_t mode = contents->status.st_mode;
-    if (mode & (S_IROTH | S_IWOTH)) {
-      error(line, "KeyFile=: " + path + " is accessible by every user (mode " + permission_string(mode) +
-                      "); run chmod o-rwx " + path);
+    std::string_view hex = trim(contents->bytes);
+    while (!hex.empty() && hex.back() == '\n') hex = trim(hex.substr(0, hex.size() - 1));
+    if (hex.substr(0, 4) == "hex:") hex.remove_prefix(4);
+    if (auto key_bytes = parse_hex_key(hex, why)) {
+      section.psk.key = std::move(*key_bytes);
     } else {
-      std::string_view hex = trim(contents->bytes);
-      while (!hex.empty() && hex.back() == '\n') hex = trim(hex.substr(0, hex.size() - 1));
-      if (hex.substr(0, 4) == "hex:") hex.remove_prefix(4);
-      if (auto key_bytes = parse_hex_key(hex, why)) {
-        section.psk.key = std::move(*key_bytes);
-      } else {
-        error(line, "KeyFile=: " + path + ": " + why);
-      }
+      error(line, "KeyFile=: " + path + ": " + why);
     }
-    OPENSSL_cleanse(contents->bytes.data(), contents->bytes.size());
   }
 
   void trust_store_key(Section& section, std::string_view key, std::string_view value, unsigned line) {

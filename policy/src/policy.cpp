@@ -8,7 +8,8 @@
 #include <cerrno>
 #include <cstring>
 
-#include "policy/src/files.h"
+#include "agent/core/trusted_file.h"
+#include "agent/core/unique_fd.h"
 #include "policy/src/model.h"
 
 namespace tapsec::policy {
@@ -77,42 +78,46 @@ std::variant<Policy, std::vector<Error>> Policy::load_directory(const std::strin
   Policy policy;
   std::vector<Error> errors;
 
-  DIR* stream = ::opendir(dir.c_str());
-  if (!stream) {
+  // The directory is opened once and its entries are opened relative to
+  // it, so the directory checked is the directory read.
+  std::string why;
+  core::UniqueFd dir_fd(core::open_trusted_directory(dir, "policy directory", why));
+  if (!dir_fd) {
     if (errno == ENOENT) return policy;  // no policy: everything is denied
-    errors.push_back({dir, 0, std::string("cannot read policy directory: ") + std::strerror(errno)});
+    errors.push_back({dir, 0, why});
     return errors;
   }
   std::vector<std::string> names;
-  while (const dirent* entry = ::readdir(stream)) {
-    std::string name = entry->d_name;
-    if (has_policy_suffix(name)) names.push_back(std::move(name));
+  {
+    DIR* stream = ::fdopendir(::dup(dir_fd.get()));
+    if (!stream) {
+      errors.push_back({dir, 0, std::string("cannot read policy directory: ") + std::strerror(errno)});
+      return errors;
+    }
+    while (const dirent* entry = ::readdir(stream)) {
+      std::string name = entry->d_name;
+      if (has_policy_suffix(name)) names.push_back(std::move(name));
+    }
+    ::closedir(stream);
   }
-  ::closedir(stream);
   std::sort(names.begin(), names.end());
 
   detail::Declarations declared;
   for (const std::string& name : names) {
     const std::string path = dir + (dir.empty() || dir.back() == '/' ? "" : "/") + name;
-    std::string why;
-    auto contents = detail::read_regular_file(path, kMaxPolicyFileBytes, why);
+    auto contents = core::read_trusted_file_at(dir_fd.get(), name, path, kMaxPolicyFileBytes, {"policy file", ""}, why);
     if (!contents) {
       errors.push_back({path, 0, why});
       continue;
     }
-    const mode_t mode = contents->status.st_mode;
-    // Whoever can write the policy decides who gets what.
-    if (mode & S_IWOTH)
-      errors.push_back({path, 0, "is writable by every user (mode " + detail::permission_string(mode) +
-                                     "); run chmod o-w " + path});
     const detail::FileFacts facts = detail::parse_file(contents->bytes, path, *policy.data_, declared, errors);
-    if (mode & S_IROTH) {
-      for (unsigned line : facts.inline_key_lines)
-        errors.push_back({path, line, "Key= puts a secret in a file every user can read (mode " +
-                                          detail::permission_string(mode) + "); use KeyFile= or run chmod o-r " +
-                                          path});
+    // A policy that carries a PSK inline is as secret as a key file.
+    if (!facts.inline_key_lines.empty()) {
+      const std::string problem =
+          core::secret_mode_problem(contents->status, path, "policy file", "a PSK inline (Key=)");
+      if (!problem.empty())
+        for (unsigned line : facts.inline_key_lines) errors.push_back({path, line, problem});
     }
-    if (!facts.inline_key_lines.empty()) OPENSSL_cleanse(contents->bytes.data(), contents->bytes.size());
   }
   detail::resolve_references(declared, errors);
   if (!errors.empty()) {

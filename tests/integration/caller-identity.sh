@@ -65,7 +65,7 @@ cp /bin/sleep "$dir/sleep-shadow"
 chgrp shadow "$dir/sleep-shadow"
 chmod 2755 "$dir/sleep-shadow"
 
-private_bus_start "$dir" || fail "dbus-daemon did not start"
+private_bus_start "$dir" "$here/../../dbus/system.d/org.tapsec1.conf" || fail "dbus-daemon did not start"
 "$build/agent/tapsecd" --bus "unix:path=$dir/bus" --policy-dir "$dir/policy" --ike-port 0 \
   --wg-exchange-port 0 --log-level debug >"$dir/tapsecd.log" 2>&1 &
 pids+=($!)

@@ -18,6 +18,7 @@
 #include <strings.h>
 
 #include "agent/core/openssl_ptr.h"
+#include "agent/core/trusted_pem.h"
 
 namespace tapsec::ikev2 {
 
@@ -371,19 +372,20 @@ std::optional<SecretBytes> psk_auth(const SecretBytes& psk, const Prf& prf, std:
   return prf.compute(key.span(), octets);
 }
 
-std::optional<std::string> read_certificates(const std::string& pem_file, std::vector<X509Ptr>& out) {
-  BioPtr bio(BIO_new_file(pem_file.c_str(), "r"));
-  if (!bio) return "cannot open " + pem_file + ": " + openssl_errors();
-  while (X509* certificate = PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr))
-    out.emplace_back(certificate);
-  // The loop ends with "no start line" at the end of the file; anything else is a real error.
-  const unsigned long last = ERR_peek_last_error();
-  if (ERR_GET_LIB(last) == ERR_LIB_PEM && ERR_GET_REASON(last) == PEM_R_NO_START_LINE) {
-    ERR_clear_error();
-  } else if (last != 0) {
-    return "cannot read certificates from " + pem_file + ": " + openssl_errors();
-  }
-  if (out.empty()) return "no certificate in " + pem_file;
+std::optional<std::string> read_certificates(const std::string& pem_file, const core::TrustedFileRules& rules,
+                                             std::vector<X509Ptr>& out) {
+  std::string problem = core::parse_trusted_pem(pem_file, rules, [&](BIO* bio) {
+    while (X509* certificate = PEM_read_bio_X509(bio, nullptr, nullptr, nullptr)) out.emplace_back(certificate);
+    // The loop ends with "no start line" at the end of the file; anything else is a real error.
+    const unsigned long last = ERR_peek_last_error();
+    if (ERR_GET_LIB(last) == ERR_LIB_PEM && ERR_GET_REASON(last) == PEM_R_NO_START_LINE) {
+      ERR_clear_error();
+    } else if (last != 0) {
+      return "cannot read certificates from " + pem_file + ": " + openssl_errors();
+    }
+    return out.empty() ? "no certificate in " + pem_file : std::string();
+  });
+  if (!problem.empty()) return problem;
   return std::nullopt;
 }
 
@@ -476,18 +478,21 @@ PeerAuthResult verify_auth(const PeerRequirements& requirements, const Identific
 }
 
 std::variant<PrivateKey, std::string> load_private_key(const std::string& pem_file) {
-  BioPtr bio(BIO_new_file(pem_file.c_str(), "r"));
-  if (!bio) return "cannot open " + pem_file + ": " + openssl_errors();
-  EVP_PKEY* key = PEM_read_bio_PrivateKey(bio.get(), nullptr, nullptr, nullptr);
-  if (key == nullptr) return "cannot read a private key from " + pem_file + ": " + openssl_errors();
-  PrivateKey owned(key, EvpPkeyFree{});
-  if (key_kind(key) == KeyKind::Other) return pem_file + ": only RSA and ECDSA P-256/P-384/P-521 keys are supported";
+  PrivateKey owned;
+  std::string problem = core::parse_trusted_pem(pem_file, core::kPrivateKeyFile, [&](BIO* bio) {
+    EVP_PKEY* key = PEM_read_bio_PrivateKey(bio, nullptr, nullptr, nullptr);
+    if (key == nullptr) return "cannot read a private key from " + pem_file + ": " + openssl_errors();
+    owned = PrivateKey(key, EvpPkeyFree{});
+    return std::string();
+  });
+  if (!problem.empty()) return problem;
+  if (key_kind(owned.get()) == KeyKind::Other) return pem_file + ": only RSA and ECDSA P-256/P-384/P-521 keys are supported";
   return owned;
 }
 
 std::variant<std::vector<Bytes>, std::string> load_certificate_chain(const std::string& pem_file) {
   std::vector<X509Ptr> certificates;
-  if (auto error = read_certificates(pem_file, certificates)) return *error;
+  if (auto error = read_certificates(pem_file, core::kCertificateFile, certificates)) return *error;
   std::vector<Bytes> chain;
   for (const auto& certificate : certificates) {
     Bytes der = to_der(certificate.get());
@@ -503,7 +508,7 @@ std::variant<TrustAnchors, std::string> load_trust_anchors(const std::vector<std
   if (!store) return std::string("out of memory");
   for (const auto& file : pem_files) {
     std::vector<X509Ptr> certificates;
-    if (auto error = read_certificates(file, certificates)) return *error;
+    if (auto error = read_certificates(file, core::kTrustStoreFile, certificates)) return *error;
     for (const auto& certificate : certificates) {
       if (X509_STORE_add_cert(store.get(), certificate.get()) != 1) {
         const unsigned long last = ERR_peek_last_error();

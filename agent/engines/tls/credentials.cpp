@@ -1,6 +1,7 @@
 #include <openssl/crypto.h>
 #include <openssl/pem.h>
 
+#include "agent/core/trusted_pem.h"
 #include "agent/engines/tls/openssl_ptr.h"
 #include "agent/engines/tls/tls_engine.h"
 
@@ -15,24 +16,30 @@ std::variant<std::shared_ptr<Credentials>, std::string> Credentials::load(std::s
                                                                          const std::string& cert_chain_pem_path,
                                                                          const std::string& key_pem_path) {
   ERR_clear_error();
-  BioPtr chain_file(BIO_new_file(cert_chain_pem_path.c_str(), "r"));
-  if (!chain_file) return "identity '" + name + "': cannot open certificate file " + cert_chain_pem_path;
-  X509Ptr leaf(PEM_read_bio_X509(chain_file.get(), nullptr, nullptr, nullptr));
-  if (!leaf) return "identity '" + name + "': no PEM certificate in " + cert_chain_pem_path;
+  X509Ptr leaf;
   X509StackPtr intermediates(sk_X509_new_null());
-  while (X509* next = PEM_read_bio_X509(chain_file.get(), nullptr, nullptr, nullptr)) {
-    if (!sk_X509_push(intermediates.get(), next)) {
-      X509_free(next);
-      return "identity '" + name + "': out of memory";
+  if (!intermediates) return "identity '" + name + "': out of memory";
+  std::string problem = core::parse_trusted_pem(cert_chain_pem_path, core::kCertificateFile, [&](BIO* chain_file) {
+    leaf.reset(PEM_read_bio_X509(chain_file, nullptr, nullptr, nullptr));
+    if (!leaf) return "no PEM certificate in " + cert_chain_pem_path;
+    while (X509* next = PEM_read_bio_X509(chain_file, nullptr, nullptr, nullptr)) {
+      if (!sk_X509_push(intermediates.get(), next)) {
+        X509_free(next);
+        return std::string("out of memory");
+      }
     }
-  }
-  ERR_clear_error();  // the loop above ends on a "no start line" error
+    ERR_clear_error();  // the loop above ends on a "no start line" error
+    return std::string();
+  });
+  if (!problem.empty()) return "identity '" + name + "': " + problem;
 
-  BioPtr key_file(BIO_new_file(key_pem_path.c_str(), "r"));
-  if (!key_file) return "identity '" + name + "': cannot open key file " + key_pem_path;
-  // A null password callback with an empty password: encrypted keys fail cleanly.
-  EvpPkeyPtr key(PEM_read_bio_PrivateKey(key_file.get(), nullptr, nullptr, const_cast<char*>("")));
-  if (!key) return "identity '" + name + "': no usable PEM private key in " + key_pem_path;
+  EvpPkeyPtr key;
+  problem = core::parse_trusted_pem(key_pem_path, core::kPrivateKeyFile, [&](BIO* key_file) {
+    // A null password callback with an empty password: encrypted keys fail cleanly.
+    key.reset(PEM_read_bio_PrivateKey(key_file, nullptr, nullptr, const_cast<char*>("")));
+    return key ? std::string() : "no usable PEM private key in " + key_pem_path;
+  });
+  if (!problem.empty()) return "identity '" + name + "': " + problem;
   if (X509_check_private_key(leaf.get(), key.get()) != 1) {
     ERR_clear_error();
     return "identity '" + name + "': private key does not match the certificate";

@@ -4,6 +4,7 @@
 #include <openssl/crypto.h>
 #include <openssl/ec.h>
 #include <openssl/objects.h>
+#include <openssl/pem.h>
 #include <openssl/sha.h>
 #include <openssl/ssl.h>
 #include <openssl/tls1.h>
@@ -14,6 +15,7 @@
 #include <cstring>
 
 #include "agent/core/log.h"
+#include "agent/core/trusted_pem.h"
 #include "agent/engines/tls/context_cache.h"
 #include "agent/engines/tls/openssl_ptr.h"
 #include "agent/engines/tls/record_crypto.h"
@@ -515,6 +517,22 @@ std::string settings_failure(std::string what) {
   return "invalid TLS settings: " + what + (details.empty() ? "" : " (" + details + ")");
 }
 
+// Adds every certificate and CRL of a PEM bundle to `store`, as
+// X509_STORE_load_file would, but from the bytes already read and checked.
+bool add_pem_to_store(X509_STORE* store, BIO* pem) {
+  using InfoStack = core::OpenSslPtr<STACK_OF(X509_INFO), [](STACK_OF(X509_INFO)* s) {
+    sk_X509_INFO_pop_free(s, X509_INFO_free);
+  }>;
+  InfoStack infos(PEM_X509_INFO_read_bio(pem, nullptr, nullptr, nullptr));
+  if (!infos || sk_X509_INFO_num(infos.get()) == 0) return false;
+  for (int i = 0; i < sk_X509_INFO_num(infos.get()); ++i) {
+    const X509_INFO* info = sk_X509_INFO_value(infos.get(), i);
+    if (info->x509 && X509_STORE_add_cert(store, info->x509) != 1) return false;
+    if (info->crl && X509_STORE_add_crl(store, info->crl) != 1) return false;
+  }
+  return true;
+}
+
 // A server issuing tickets without shared keys protects them with its
 // context's own random keys; such a context must not be shared, or tickets
 // would resume in other Sessions (documented: they never do).
@@ -597,7 +615,10 @@ std::variant<SslCtxPtr, std::string> build_context(const Settings& s) {
     if (s.use_system_trust && X509_STORE_set_default_paths(store.get()) != 1)
       return settings_failure("cannot load the system trust store");
     for (const auto& file : s.trust_anchor_files) {
-      if (X509_STORE_load_file(store.get(), file.c_str()) != 1) return settings_failure("cannot load trust anchors from " + file);
+      const std::string problem = core::parse_trusted_pem(file, core::kTrustStoreFile, [&](BIO* pem) {
+        return add_pem_to_store(store.get(), pem) ? std::string() : "cannot load trust anchors from " + file;
+      });
+      if (!problem.empty()) return settings_failure(problem);
     }
     SSL_CTX_set_cert_store(ctx, store.release());
   }

@@ -120,7 +120,7 @@ TEST(PolicyLoad, BrokenFilesReportEveryErrorWithPathAndLine) {
 TEST(PolicyLoad, KeyFileIsReadAtLoad) {
   TempDir dir;
   const std::string key = dir.write("backup.key", std::string("hex:") + kKeyHex + "\n", 0600);
-  const std::string key2 = dir.write("other.key", std::string(kKeyHex) + "\n", 0640);
+  const std::string key2 = dir.write("other.key", std::string(kKeyHex) + "\n", 0400);
   dir.write("50.policy", "[PSK backup]\nKeyFile=" + key + "\n[PSK other]\nKeyFile=" + key2 + "\n");
   const Policy policy = load_ok(dir);
   ASSERT_NE(policy.psk("backup"), nullptr);
@@ -137,8 +137,8 @@ TEST(PolicyLoad, WorldReadableKeyFileIsAnError) {
   const auto errors = load_errors(dir);
   ASSERT_EQ(errors.size(), 1u) << describe(errors);
   EXPECT_EQ(errors[0].line, 3u);
-  EXPECT_TRUE(contains(errors[0].message, "accessible by every user (mode 0644)")) << errors[0].message;
-  EXPECT_TRUE(contains(errors[0].message, "chmod o-rwx")) << errors[0].message;
+  EXPECT_TRUE(contains(errors[0].message, "has mode 0644 and holds a PSK")) << errors[0].message;
+  EXPECT_TRUE(contains(errors[0].message, "run \"chmod 0600 " + key + "\"")) << errors[0].message;
 }
 
 TEST(PolicyLoad, BadKeyFiles) {
@@ -174,7 +174,13 @@ TEST(PolicyLoad, InlineKeyNeedsAPrivatePolicyFile) {
   const auto errors = load_errors(dir);
   ASSERT_EQ(errors.size(), 1u) << describe(errors);
   EXPECT_EQ(errors[0].line, 2u);
-  EXPECT_TRUE(contains(errors[0].message, "every user can read")) << errors[0].message;
+  EXPECT_TRUE(contains(errors[0].message, "has mode 0644 and holds a PSK")) << errors[0].message;
+  // Readable by its group is as bad as readable by everyone.
+  dir.write("50.policy", text, 0640);
+  const auto group_errors = load_errors(dir);
+  ASSERT_EQ(group_errors.size(), 1u) << describe(group_errors);
+  EXPECT_TRUE(contains(group_errors[0].message, "run \"chmod 0600 " + dir.path() + "/50.policy\""))
+      << group_errors[0].message;
 }
 
 TEST(PolicyLoad, WorldWritablePolicyFileIsAnError) {
@@ -183,7 +189,7 @@ TEST(PolicyLoad, WorldWritablePolicyFileIsAnError) {
   const auto errors = load_errors(dir);
   ASSERT_EQ(errors.size(), 1u) << describe(errors);
   EXPECT_EQ(errors[0].line, 0u);
-  EXPECT_TRUE(contains(errors[0].message, "writable by every user")) << errors[0].message;
+  EXPECT_TRUE(contains(errors[0].message, "writable by its group and every user")) << errors[0].message;
 }
 
 // The shipped examples, with the paths and group they assume replaced by

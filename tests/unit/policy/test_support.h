@@ -77,6 +77,22 @@ class TempDir {
   std::string path_;
 };
 
+// Acts as an agent running as `uid` for the scope: the effective uid only,
+// so a test running as root can go back.
+class EffectiveUid {
+ public:
+  explicit EffectiveUid(uid_t uid) : ok_(::seteuid(uid) == 0) {}
+  EffectiveUid(const EffectiveUid&) = delete;
+  EffectiveUid& operator=(const EffectiveUid&) = delete;
+  ~EffectiveUid() {
+    if (ok_) (void)::seteuid(0);
+  }
+  bool ok() const { return ok_; }
+
+ private:
+  bool ok_;
+};
+
 // 32 bytes of key as hex.
 inline constexpr const char* kKeyHex = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
 

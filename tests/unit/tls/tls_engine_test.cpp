@@ -4,8 +4,10 @@
 
 #include <gtest/gtest.h>
 #include <openssl/evp.h>
+#include <sys/stat.h>
 
 #include <deque>
+#include <filesystem>
 #include <map>
 #include <string>
 #include <tuple>
@@ -239,6 +241,31 @@ TEST(CredentialsTest, LoadErrorsSayWhatIsWrong) {
   EXPECT_EQ(pki().client->name(), "client");
   EXPECT_NE(pki().client->subject().find("CN=client.test"), std::string::npos);
   EXPECT_EQ(pki().client->chain_der().front(), certificate_der(pki().client_pem));
+}
+
+// Identity and trust anchor files go through the agent's file checks
+// (agent/core/trusted_file.h): a private key only its owner may read, no
+// file writable by others.
+TEST(CredentialsTest, FilesOthersControlAreRefused) {
+  const std::string loose_key = pki().dir + "/loose.key";
+  std::filesystem::copy_file(pki().client_key, loose_key, std::filesystem::copy_options::overwrite_existing);
+  ::chmod(loose_key.c_str(), 0640);
+  auto loaded = Credentials::load("x", pki().client_pem, loose_key);
+  ASSERT_TRUE(std::holds_alternative<std::string>(loaded));
+  EXPECT_EQ(std::get<std::string>(loaded), "identity 'x': private key file " + loose_key +
+                                               " has mode 0640 and holds a private key: run \"chmod 0600 " +
+                                               loose_key + "\"");
+
+  const std::string open_anchors = pki().dir + "/open-ca.pem";
+  std::filesystem::copy_file(pki().ca_pem, open_anchors, std::filesystem::copy_options::overwrite_existing);
+  ::chmod(open_anchors.c_str(), 0646);
+  Settings anchors = client_settings();
+  anchors.trust_anchor_files = {open_anchors};
+  EXPECT_NE(create_error(anchors).find("trust store file " + open_anchors +
+                                       " has mode 0646 and is writable by every user: run \"chmod 0644 " +
+                                       open_anchors + "\""),
+            std::string::npos)
+      << create_error(anchors);
 }
 
 // ------------------------------------------------------- handshakes, keys

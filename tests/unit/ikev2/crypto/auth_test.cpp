@@ -2,6 +2,7 @@
 // method with RSA and ECDSA keys, chain and identity checks, PEM loading and
 // certificates made by strongSwan's pki tool.
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 #include <openssl/x509.h>
@@ -360,6 +361,41 @@ void write_pem(const std::string& path, X509* certificate) {
   BIO_free(bio);
 }
 
+// Key, certificate and trust anchor files go through the agent's file
+// checks (agent/core/trusted_file.h): a secret only its owner may read,
+// nothing writable by others, owned by root or the agent.
+TEST(PemLoading, FilesOthersControlAreRefused) {
+  TempDir dir;
+  Pki pki("p256");
+  write_pem(dir.file("chain.pem"), pki.leaf.get());
+  write_pem(dir.file("root.pem"), pki.root.get());
+  {
+    BIO* bio = BIO_new_file(dir.file("key.pem").c_str(), "w");
+    PEM_write_bio_PrivateKey(bio, pki.leaf_key.get(), nullptr, nullptr, 0, nullptr, nullptr);
+    BIO_free(bio);
+  }
+  ::chmod(dir.file("key.pem").c_str(), 0640);
+  auto key = load_private_key(dir.file("key.pem"));
+  ASSERT_TRUE(std::holds_alternative<std::string>(key));
+  EXPECT_EQ(std::get<std::string>(key), "private key file " + dir.file("key.pem") +
+                                            " has mode 0640 and holds a private key: run \"chmod 0600 " +
+                                            dir.file("key.pem") + "\"");
+  ::chmod(dir.file("root.pem").c_str(), 0666);
+  auto anchors = load_trust_anchors({dir.file("root.pem")}, false);
+  ASSERT_TRUE(std::holds_alternative<std::string>(anchors));
+  EXPECT_NE(std::get<std::string>(anchors).find("trust store file " + dir.file("root.pem") +
+                                                " has mode 0666 and is writable by its group and every user"),
+            std::string::npos)
+      << std::get<std::string>(anchors);
+  if (::geteuid() != 0) GTEST_SKIP() << "SKIPPED LOUDLY: changing a file's owner needs root";
+  ASSERT_EQ(::chown(dir.file("chain.pem").c_str(), 4242, 4242), 0);
+  auto chain = load_certificate_chain(dir.file("chain.pem"));
+  ASSERT_TRUE(std::holds_alternative<std::string>(chain));
+  EXPECT_EQ(std::get<std::string>(chain), "certificate file " + dir.file("chain.pem") +
+                                              " is owned by uid 4242: run \"chown root:root " +
+                                              dir.file("chain.pem") + "\"");
+}
+
 TEST(PemLoading, KeysChainsAndAnchors) {
   TempDir dir;
   Pki pki("p384");
@@ -371,6 +407,7 @@ TEST(PemLoading, KeysChainsAndAnchors) {
     PEM_write_bio_PrivateKey(bio, pki.leaf_key.get(), nullptr, nullptr, 0, nullptr, nullptr);
     BIO_free(bio);
   }
+  ::chmod(dir.file("key.pem").c_str(), 0600);  // a private key readable by others is refused
 
   auto key = load_private_key(dir.file("key.pem"));
   ASSERT_TRUE(std::holds_alternative<PrivateKey>(key)) << std::get<std::string>(key);
@@ -426,7 +463,7 @@ TEST(StrongSwanInterop, PkiCertificatesLoadAndVerify) {
   }
   TempDir dir;
   const std::string script =
-      "set -e; cd '" + dir.file("") +
+      "set -e; umask 077; cd '" + dir.file("") +
       "'; "
       "pki --gen --type ecdsa --size 384 --outform pem > ca.key; "
       "pki --self --ca --lifetime 30 --in ca.key --type ecdsa --dn 'C=CH, O=tapsec, CN=tapsec pki CA' "

@@ -1,0 +1,43 @@
+#include "agent/state/privileges.h"
+
+#include <linux/capability.h>
+
+#include "agent/core/hardening.h"
+#include "agent/core/log.h"
+
+namespace tapsec::state {
+
+void check_privileges(AgentOptions& options) {
+  const core::Privileges privileges = core::current_privileges();
+  core::log::info("privileges", {{"uid", std::to_string(privileges.euid)},
+                                 {"gid", std::to_string(privileges.egid)},
+                                 {"capabilities", privileges.effective_names()}});
+
+  IkeOptions& ike = options.ike;
+  if (ike.ike_port != 0) {
+    const unsigned first_free = core::unprivileged_port_start();
+    std::string privileged_ports;
+    for (std::uint16_t port : {ike.ike_port, ike.nat_t_port})
+      if (port != 0 && port < first_free)
+        privileged_ports += (privileged_ports.empty() ? "" : " and ") + std::to_string(port);
+    std::string reason;
+    if (!privileges.has(CAP_NET_ADMIN))
+      reason = "installing XFRM states and policies needs CAP_NET_ADMIN";
+    else if (!privileged_ports.empty() && !privileges.has(CAP_NET_BIND_SERVICE))
+      reason = "binding UDP " + privileged_ports + " needs CAP_NET_BIND_SERVICE";
+    if (!reason.empty()) {
+      core::log::warning("IKE is off: " + reason);
+      ike.ike_port = 0;
+    }
+  }
+  if (!privileges.has(CAP_NET_ADMIN))
+    core::log::warning(
+        "WireGuard tunnels cannot start: creating a WireGuard device (kernel, or wireguard-go's TUN) needs "
+        "CAP_NET_ADMIN");
+  if (!privileges.has(CAP_SYS_PTRACE))
+    core::log::notice(
+        "without CAP_SYS_PTRACE, key update, termination and key expiry of kernel-offloaded TLS may fail for "
+        "sockets applications hold: taking such a socket back (pidfd_getfd) needs ptrace access to the application");
+}
+
+}  // namespace tapsec::state
