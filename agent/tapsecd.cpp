@@ -33,6 +33,13 @@ void usage(FILE* out) {
       "  --wireguard-go PROGRAM         userspace WireGuard for Fallback=yes tunnels (default wireguard-go)\n"
       "  --wg-stale-after SECONDS       look a peer's host name up again once its last handshake is\n"
       "                                 this old (default 135)\n"
+      "  --max-handshakes N             TLS handshakes in progress at once (default 256)\n"
+      "  --max-handshakes-per-caller N  ... for one caller uid (default 32)\n"
+      "  --max-connects N               Connects still resolving or connecting (default 128)\n"
+      "  --max-connects-per-caller N    ... for one caller uid (default 16)\n"
+      "  --resolver-threads N           host-name lookups running at once (default 2)\n"
+      "  --resolver-queue N             host-name lookups waiting (default 256)\n"
+      "                                 Beyond a limit, calls fail with org.tapsec1.Error.LimitExceeded\n"
       "  --log-level debug|info|notice|warning|error\n"
       "  --version\n"
       "\n"
@@ -44,6 +51,12 @@ void usage(FILE* out) {
       "root or its own user and not writable by others; secrets not readable by others either.\n",
       out);
 }
+
+// Options that take a count: their name and where the count goes.
+struct CountOption {
+  const char* name;
+  std::size_t* target;
+};
 
 }  // namespace
 
@@ -61,7 +74,14 @@ int main(int argc, char** argv) {
       {"ike-port", required_argument, nullptr, 'i'}, {"nat-t-port", required_argument, nullptr, 'n'},
       {"wg-exchange-port", required_argument, nullptr, 'w'}, {"wireguard-go", required_argument, nullptr, 'g'},
       {"wg-stale-after", required_argument, nullptr, 's'},
+      {"max-handshakes", required_argument, nullptr, 1000}, {"max-handshakes-per-caller", required_argument, nullptr, 1001},
+      {"max-connects", required_argument, nullptr, 1002}, {"max-connects-per-caller", required_argument, nullptr, 1003},
+      {"resolver-threads", required_argument, nullptr, 1004}, {"resolver-queue", required_argument, nullptr, 1005},
       {"help", no_argument, nullptr, 'h'},          {nullptr, 0, nullptr, 0}};
+  const CountOption counts[] = {
+      {"--max-handshakes", &options.handshakes.total},   {"--max-handshakes-per-caller", &options.handshakes.per_key},
+      {"--max-connects", &options.connects.total},       {"--max-connects-per-caller", &options.connects.per_key},
+      {"--resolver-threads", &options.resolver.workers}, {"--resolver-queue", &options.resolver.queued}};
   int c;
   while ((c = getopt_long(argc, argv, "h", long_options, nullptr)) != -1) {
     switch (c) {
@@ -100,6 +120,17 @@ int main(int argc, char** argv) {
         else if (level == "warning") core::log::set_min_level(L::Warning);
         else if (level == "error") core::log::set_min_level(L::Error);
         else { std::fprintf(stderr, "tapsecd: unknown log level \"%s\"\n", optarg); return 2; }
+        break;
+      }
+      case 1000: case 1001: case 1002: case 1003: case 1004: case 1005: {
+        const CountOption& option = counts[c - 1000];
+        char* end = nullptr;
+        unsigned long count = std::strtoul(optarg, &end, 10);
+        if (!*optarg || *end || count == 0 || count > 1000000) {
+          std::fprintf(stderr, "tapsecd: %s wants a count from 1 to 1000000, not \"%s\"\n", option.name, optarg);
+          return 2;
+        }
+        *option.target = count;
         break;
       }
       case 'V': std::puts("tapsecd " TAPSEC_VERSION); return 0;
