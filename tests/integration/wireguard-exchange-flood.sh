@@ -12,6 +12,7 @@
 #      (--wg-exchange-max-pending, 64) refuses 16, and alpha's agent, whose
 #      new exchange is refused while the 64 wait, completes it once the
 #      handshake limit has dropped them;
+#   2b. a ClientHello larger than --wg-exchange-max-buffered (32 KiB) is cut off;
 #   3. 40 TLS handshakes that fail (no client certificate): the identity and
 #      trust store are not loaded per connection, so they cost beta's agent
 #      little CPU (CPU_BOUND_MS);
@@ -163,6 +164,20 @@ done
 again_ms=$(($(now_ms) - start))
 wait "${holders[@]}"
 echo "total limit: 16 of 80 refused; alpha's new exchange complete $again_ms ms after it asked ($attempts refused first)"
+
+# 2b. The byte cap: a ClientHello that claims 64 KiB, sent in three full
+# records (49,167 bytes), passes the default 32,768 before it is whole.
+{
+  printf '\x16\x03\x01\x40\x00\x01\x00\xff\xff'
+  head -c 16380 /dev/zero
+  for _ in 1 2; do printf '\x16\x03\x01\x40\x00'; head -c 16384 /dev/zero; done
+} >"$out/oversized.bin"
+hold --from 192.0.2.5 --count 1 --hold 2 --send "$out/oversized.bin" >"$out/oversized"
+(($(field "$out/oversized" closed_within_1s) == 1)) || fail "a peer past the byte cap was not closed at once: $(cat "$out/oversized")"
+(($(statistic wg-exchange-refused-oversized) == 1)) || fail "wg-exchange-refused-oversized is not 1"
+grep -q "WireGuard exchange refused: too much data before authentication" "$HOSTS_DIR/beta/tapsecd.log" ||
+  fail "no log line for the byte cap"
+echo "byte cap: 49,167 bytes of an unfinished ClientHello closed at once"
 
 # 3. Failed TLS handshakes: the TLS context is built once, not per connection.
 cpu_before=$(cpu_ms)

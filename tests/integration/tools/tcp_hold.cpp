@@ -1,8 +1,10 @@
 // tcp_hold: opens many TCP connections to one port and holds them without
 // sending a byte (a silent flood), then says how the server treated them.
 //
-//   tcp_hold --to ADDRESS:PORT --count N [--from ADDRESS] [--hold SECONDS]
+//   tcp_hold --to ADDRESS:PORT --count N [--from ADDRESS] [--hold SECONDS] [--send FILE]
 //
+// With --send, each connection sends FILE's bytes once connected, then says
+// nothing more.
 // Prints "opened N failed F" once every connect has finished (so a script can
 // measure the server while the connections are open), then watches them for
 // --hold seconds (default 6) and prints
@@ -21,6 +23,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
+#include <iterator>
 #include <optional>
 #include <string>
 #include <vector>
@@ -74,7 +78,7 @@ struct Held {
 };
 
 int usage() {
-  std::fputs("usage: tcp_hold --to ADDRESS:PORT --count N [--from ADDRESS] [--hold SECONDS]\n", stderr);
+  std::fputs("usage: tcp_hold --to ADDRESS:PORT --count N [--from ADDRESS] [--hold SECONDS] [--send FILE]\n", stderr);
   return 2;
 }
 
@@ -83,13 +87,18 @@ int usage() {
 int main(int argc, char** argv) {
   std::optional<Address> to, from;
   long count = 0, hold_seconds = 6;
+  std::string payload;
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string option = argv[i], value = argv[i + 1];
     if (option == "--to") to = parse_address(value, true);
     else if (option == "--from") from = parse_address(value, false);
     else if (option == "--count") count = std::strtol(value.c_str(), nullptr, 10);
     else if (option == "--hold") hold_seconds = std::strtol(value.c_str(), nullptr, 10);
-    else return usage();
+    else if (option == "--send") {
+      std::ifstream file(value, std::ios::binary);
+      if (!file) return usage();
+      payload.assign(std::istreambuf_iterator<char>(file), std::istreambuf_iterator<char>());
+    } else return usage();
   }
   if (argc % 2 == 0 || !to || count <= 0 || hold_seconds < 0) return usage();
   if (from && from->storage.ss_family != to->storage.ss_family) return usage();
@@ -145,6 +154,9 @@ int main(int argc, char** argv) {
         ++failed;
         continue;
       }
+      // The socket buffer takes the small payloads this is for at once.
+      if (!payload.empty() && !connecting[i].closed_after)
+        ::send(fds[i].fd, payload.data(), payload.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
       held.push_back(std::move(connecting[i]));
     }
     connecting = std::move(still);
