@@ -22,15 +22,9 @@
 set -uo pipefail
 build=${1:?build dir}
 here=$(cd "$(dirname "$0")" && pwd)
-[[ $(id -u) -eq 0 ]] || { echo "SKIPPED: needs root for network namespaces" >&2; exit 77; }
-if ! ip link add tapsec-wg-probe type wireguard 2>/dev/null; then
-  command -v wireguard-go >/dev/null || { echo "SKIPPED: neither kernel WireGuard nor wireguard-go here" >&2; exit 77; }
-  [[ -c /dev/net/tun ]] || { echo "SKIPPED: no /dev/net/tun for wireguard-go" >&2; exit 77; }
-else
-  ip link del tapsec-wg-probe
-fi
+source "$here/lib/wireguard.sh"
+wireguard_require
 command -v ss >/dev/null || { echo "SKIPPED: ss (iproute2) is not installed" >&2; exit 77; }
-export WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD=1
 # The bounds this test holds the agent to (see the exchange port section of
 # policy/README.md for the limits themselves).
 RSS_BOUND_KIB=16384             # growth of beta's RSS while 1,520 silent connections are open
@@ -39,12 +33,8 @@ CPU_BOUND_MS=400                # 40 failed TLS handshakes
 PER_CONNECTION_BOUND_BYTES=4096 # RSS per accepted, silent connection
 source "$here/lib/hosts.sh"
 trap hosts_down EXIT
-fail() {
-  echo "FAIL: $*" >&2
-  for h in alpha beta; do echo "--- tapsecd log of $h:"; tail -n 30 "$HOSTS_DIR/$h/tapsecd.log"; done
-  exit 1
-}
-ctl() { local h=$1; shift; on_host "$h" "$build/dbus/tapsecctl/tapsecctl" --bus "unix:path=$HOSTS_DIR/$h/bus" "$@"; }
+fail() { hosts_fail "$@"; }
+ctl() { host_ctl "$build" "$@"; }
 hold() { on_host alpha "$build/tests/integration/tools/tcp_hold" --to 192.0.2.2:51821 "$@"; }
 beta_pid() { cat "$HOSTS_DIR/beta/tapsecd.pid"; }
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$(beta_pid)/status"; }
