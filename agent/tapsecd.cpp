@@ -29,7 +29,17 @@ void usage(FILE* out) {
       "  --ike-port PORT                UDP port for IKE (default 500; 0 turns IKE off)\n"
       "  --nat-t-port PORT              UDP port for IKE and ESP behind NAT (default 4500)\n"
       "  --wg-exchange-port PORT        TCP port for peer agents' WireGuard PSK exchange\n"
-      "                                 (default 51821; 0: initiate only)\n"
+      "                                 (default 51821; 0: initiate only). Open only while a\n"
+      "                                 WireGuard tunnel of the policy exchanges its PSK\n"
+      "  --wg-exchange-max-pending N    unauthenticated exchange connections held at once; more\n"
+      "                                 are closed when accepted (default 64, 1-65536)\n"
+      "  --wg-exchange-max-per-source N the same from one address (default 8, 1-65536)\n"
+      "  --wg-exchange-handshake-timeout SECONDS\n"
+      "                                 time from accept (or connect) until the peer's agent is\n"
+      "                                 authenticated (default 3, 1-300)\n"
+      "  --wg-exchange-max-buffered BYTES\n"
+      "                                 what a peer may send before it is authenticated, and\n"
+      "                                 hold buffered after (default 32768, 4096-1048576)\n"
       "  --wireguard-go PROGRAM         userspace WireGuard for Fallback=yes tunnels (default wireguard-go)\n"
       "  --wg-stale-after SECONDS       look a peer's host name up again once its last handshake is\n"
       "                                 this old (default 135)\n"
@@ -77,6 +87,10 @@ int main(int argc, char** argv) {
       {"max-handshakes", required_argument, nullptr, 1000}, {"max-handshakes-per-caller", required_argument, nullptr, 1001},
       {"max-connects", required_argument, nullptr, 1002}, {"max-connects-per-caller", required_argument, nullptr, 1003},
       {"resolver-threads", required_argument, nullptr, 1004}, {"resolver-queue", required_argument, nullptr, 1005},
+      {"wg-exchange-max-pending", required_argument, nullptr, 'P'},
+      {"wg-exchange-max-per-source", required_argument, nullptr, 'S'},
+      {"wg-exchange-handshake-timeout", required_argument, nullptr, 'T'},
+      {"wg-exchange-max-buffered", required_argument, nullptr, 'B'},
       {"help", no_argument, nullptr, 'h'},          {nullptr, 0, nullptr, 0}};
   const CountOption counts[] = {
       {"--max-handshakes", &options.handshakes.total},   {"--max-handshakes-per-caller", &options.handshakes.per_key},
@@ -96,6 +110,28 @@ int main(int argc, char** argv) {
           return 2;
         }
         options.wireguard.stale_after = std::chrono::seconds(seconds);
+        break;
+      }
+      case 'P':
+      case 'S':
+      case 'T':
+      case 'B': {
+        auto& limits = options.wireguard.exchange_limits;
+        const char* name = c == 'P'   ? "wg-exchange-max-pending"
+                           : c == 'S' ? "wg-exchange-max-per-source"
+                           : c == 'T' ? "wg-exchange-handshake-timeout"
+                                      : "wg-exchange-max-buffered";
+        const unsigned long least = c == 'B' ? 4096 : 1, most = c == 'T' ? 300 : c == 'B' ? 1048576 : 65536;
+        char* end = nullptr;
+        unsigned long value = std::strtoul(optarg, &end, 10);
+        if (!*optarg || *end || value < least || value > most) {
+          std::fprintf(stderr, "tapsecd: --%s wants %lu to %lu, not \"%s\"\n", name, least, most, optarg);
+          return 2;
+        }
+        if (c == 'P') limits.max_pending = value;
+        else if (c == 'S') limits.max_per_source = value;
+        else if (c == 'T') limits.handshake_timeout = std::chrono::seconds(value);
+        else limits.max_buffered = value;
         break;
       }
       case 'i':

@@ -5,6 +5,7 @@
 #include <poll.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -15,10 +16,6 @@
 namespace tapsec::state {
 
 namespace {
-
-constexpr auto kHandshakeTimeout = std::chrono::seconds(15);
-constexpr std::size_t kRecordHeader = 5;
-constexpr std::size_t kMaxBuffered = 64 * 1024;  // the exchange's frames are tiny
 
 socklen_t to_sockaddr(const ikev2::Endpoint& endpoint, sockaddr_storage& out) {
   std::memset(&out, 0, sizeof out);
@@ -36,34 +33,15 @@ socklen_t to_sockaddr(const ikev2::Endpoint& endpoint, sockaddr_storage& out) {
   return sizeof sa;
 }
 
-ikev2::Endpoint peer_of(int fd) {
-  sockaddr_storage sa{};
-  socklen_t length = sizeof sa;
-  ikev2::Endpoint endpoint;
-  if (::getpeername(fd, reinterpret_cast<sockaddr*>(&sa), &length) != 0) return endpoint;
-  if (sa.ss_family == AF_INET6) {
-    const auto& in6 = reinterpret_cast<const sockaddr_in6&>(sa);
-    endpoint.address.family = AF_INET6;
-    std::memcpy(endpoint.address.bytes.data(), &in6.sin6_addr, 16);
-    endpoint.port = ntohs(in6.sin6_port);
-  } else if (sa.ss_family == AF_INET) {
-    const auto& in4 = reinterpret_cast<const sockaddr_in&>(sa);
-    endpoint.address.family = AF_INET;
-    std::memcpy(endpoint.address.bytes.data(), &in4.sin_addr, 4);
-    endpoint.port = ntohs(in4.sin_port);
-  }
-  return endpoint;
-}
-
 }  // namespace
 
 WgExchangeLink::WgExchangeLink(core::Reactor& reactor, core::UniqueFd fd, wireguard::Role role,
-                               const wireguard::Key& local_public, std::uint16_t listen_port, Callbacks callbacks)
+                               const ikev2::Endpoint& remote, Setup setup, Callbacks callbacks)
     : reactor_(reactor),
       fd_(std::move(fd)),
       role_(role),
-      local_public_(local_public),
-      listen_port_(listen_port),
+      remote_(remote),
+      setup_(std::move(setup)),
       callbacks_(std::move(callbacks)) {}
 
 WgExchangeLink::~WgExchangeLink() {
@@ -73,9 +51,7 @@ WgExchangeLink::~WgExchangeLink() {
 }
 
 std::unique_ptr<WgExchangeLink> WgExchangeLink::connect(core::Reactor& reactor, const ikev2::Endpoint& peer,
-                                                        const tls::Settings& settings,
-                                                        const wireguard::Key& local_public, std::uint16_t listen_port,
-                                                        Callbacks callbacks, std::string* error) {
+                                                        Setup setup, Callbacks callbacks, std::string* error) {
   int family = peer.address.family == AF_INET6 ? AF_INET6 : AF_INET;
   core::UniqueFd fd(::socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
   if (!fd) {
@@ -88,46 +64,45 @@ std::unique_ptr<WgExchangeLink> WgExchangeLink::connect(core::Reactor& reactor, 
     *error = "connecting to the peer's agent at " + peer.to_string() + ": " + std::strerror(errno);
     return nullptr;
   }
-  std::unique_ptr<WgExchangeLink> link(new WgExchangeLink(reactor, std::move(fd), wireguard::Role::Initiator,
-                                                          local_public, listen_port, std::move(callbacks)));
-  link->remote_ = peer;
-  if (!link->begin(settings, /*connecting=*/true, error)) return nullptr;
+  std::unique_ptr<WgExchangeLink> link(new WgExchangeLink(reactor, std::move(fd), wireguard::Role::Initiator, peer,
+                                                          std::move(setup), std::move(callbacks)));
+  // The client's settings are checked now, not when the connection is up.
+  if (!link->start_tls(error)) return nullptr;
+  link->begin(/*connecting=*/true);
   return link;
 }
 
 std::unique_ptr<WgExchangeLink> WgExchangeLink::accept(core::Reactor& reactor, core::UniqueFd fd,
-                                                       const tls::Settings& settings,
-                                                       const wireguard::Key& local_public, std::uint16_t listen_port,
-                                                       Callbacks callbacks, std::string* error) {
-  ikev2::Endpoint remote = peer_of(fd.get());
-  std::unique_ptr<WgExchangeLink> link(new WgExchangeLink(reactor, std::move(fd), wireguard::Role::Responder,
-                                                          local_public, listen_port, std::move(callbacks)));
-  link->remote_ = remote;
-  if (!link->begin(settings, /*connecting=*/false, error)) return nullptr;
+                                                       const ikev2::Endpoint& remote, Setup setup,
+                                                       Callbacks callbacks) {
+  std::unique_ptr<WgExchangeLink> link(new WgExchangeLink(reactor, std::move(fd), wireguard::Role::Responder, remote,
+                                                          std::move(setup), std::move(callbacks)));
+  link->begin(/*connecting=*/false);
   return link;
 }
 
-bool WgExchangeLink::begin(const tls::Settings& settings, bool connecting, std::string* error) {
-  auto created = tls::Session::create(settings);
+bool WgExchangeLink::start_tls(std::string* error) {
+  auto created = tls::Session::create(*setup_.settings);
   if (auto* message = std::get_if<std::string>(&created)) {
     *error = "TLS settings for the exchange: " + *message;
     return false;
   }
   session_ = std::move(std::get<std::unique_ptr<tls::Session>>(created));
+  return true;
+}
+
+void WgExchangeLink::begin(bool connecting) {
   int one = 1;
   ::setsockopt(fd_.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   connecting_ = connecting;
-  if (!connecting) {
-    session_->start();
-    outbound_ = session_->take_output();
-  }
   watch_ = reactor_.watch(fd_.get(), connecting ? POLLOUT : POLLIN,
                           [this](std::uint32_t revents) { on_ready(revents); });
-  handshake_timer_ = reactor_.add_timer(kHandshakeTimeout, [this] {
+  handshake_timer_ = reactor_.add_timer(setup_.limits.handshake_timeout, [this] {
     handshake_timer_ = 0;
-    if (!exchange_) finish("no TLS handshake with the peer's agent within 15 s");
+    if (!exchange_)
+      finish("not authenticated within " + std::to_string(setup_.limits.handshake_timeout.count()) + " ms",
+             Ending::TimedOut);
   });
-  return true;
 }
 
 void WgExchangeLink::on_ready(std::uint32_t revents) {
@@ -154,8 +129,12 @@ void WgExchangeLink::on_ready(std::uint32_t revents) {
 void WgExchangeLink::read_available() {
   auto alive = alive_;
   std::uint8_t buffer[16384];
+  const std::size_t cap = setup_.limits.max_buffered;
   while (*alive && !finished_) {
-    ssize_t n = ::recv(fd_.get(), buffer, sizeof buffer, MSG_DONTWAIT);
+    // Never read more than one byte past the cap: the peer cannot make us hold more.
+    std::size_t held = exchange_ ? inbound_.size() : received_unauthenticated_;
+    std::size_t room = std::min(sizeof buffer, cap - std::min(cap, held) + 1);
+    ssize_t n = ::recv(fd_.get(), buffer, room, MSG_DONTWAIT);
     if (n < 0) {
       if (errno == EINTR) continue;
       if (errno == EAGAIN || errno == EWOULDBLOCK) return;
@@ -166,9 +145,12 @@ void WgExchangeLink::read_available() {
       finish("the peer's agent closed the connection");
       return;
     }
+    if (!exchange_) received_unauthenticated_ += static_cast<std::size_t>(n);
     inbound_.insert(inbound_.end(), buffer, buffer + n);
-    if (inbound_.size() > kMaxBuffered) {
-      finish("the peer's agent sent more than the exchange can hold");
+    if (exchange_ ? inbound_.size() > cap : received_unauthenticated_ > cap) {
+      finish(std::string("more than ") + std::to_string(cap) + " bytes " +
+                 (exchange_ ? "buffered" : "before authenticating"),
+             Ending::TooMuchData);
       return;
     }
     // Whole records only; the engine takes one at a time.
@@ -178,6 +160,16 @@ void WgExchangeLink::read_available() {
       if (!length) {
         if (!error.empty()) finish("the peer's agent sent something that is not TLS: " + error);
         break;
+      }
+      // A responder's TLS session starts with the peer's first whole record.
+      if (!session_) {
+        if (!start_tls(&error)) {
+          finish(error);
+          return;
+        }
+        session_->start();
+        auto output = session_->take_output();
+        outbound_.insert(outbound_.end(), output.begin(), output.end());
       }
       std::vector<std::uint8_t> record(inbound_.begin(), inbound_.begin() + static_cast<std::ptrdiff_t>(*length));
       inbound_.erase(inbound_.begin(), inbound_.begin() + static_cast<std::ptrdiff_t>(*length));
@@ -222,7 +214,7 @@ void WgExchangeLink::start_exchange() {
   }
   auto* session = session_.get();
   exchange_ = std::make_unique<wireguard::PskExchange>(
-      role_, local_public_, listen_port_,
+      role_, setup_.local_public, setup_.listen_port,
       [session](std::string_view label, std::span<const std::uint8_t> context) -> std::optional<wireguard::Key> {
         auto exported = session->export_keying_material(label, context, 32);
         auto* bytes = std::get_if<std::vector<std::uint8_t>>(&exported);
@@ -285,7 +277,7 @@ void WgExchangeLink::flush() {
   if (watch_ && !connecting_) reactor_.modify(watch_, outbound_.empty() ? POLLIN : (POLLIN | POLLOUT));
 }
 
-void WgExchangeLink::finish(const std::string& reason) {
+void WgExchangeLink::finish(const std::string& reason, Ending ending) {
   if (finished_) return;
   finished_ = true;
   if (watch_) reactor_.unwatch(std::exchange(watch_, 0));
@@ -293,8 +285,8 @@ void WgExchangeLink::finish(const std::string& reason) {
   ::shutdown(fd_.get(), SHUT_RDWR);
   // Reported from the loop so the owner may destroy this link in the callback.
   auto alive = alive_;
-  reactor_.post([this, alive, reason] {
-    if (*alive && callbacks_.closed) callbacks_.closed(reason);
+  reactor_.post([this, alive, reason, ending] {
+    if (*alive && callbacks_.closed) callbacks_.closed(ending, reason);
   });
 }
 

@@ -72,6 +72,72 @@ std::optional<wg::AllowedIp> interface_address(const std::string& text) {
   return wg::AllowedIp{*address, static_cast<std::uint8_t>(prefix)};
 }
 
+// A tunnel whose peer runs an agent: the two exchange keys and the PSK over
+// the exchange port (else the peer is given by PeerPublicKey=).
+bool exchanges_psk(const policy::Tunnel& tunnel) { return tunnel.peer_public_key.empty(); }
+
+// The far end of an accepted connection; an IPv4-mapped address (the
+// listener is dual-stack) as the IPv4 address it carries.
+ikev2::Endpoint remote_endpoint(int fd) {
+  sockaddr_storage sa{};
+  socklen_t length = sizeof sa;
+  ikev2::Endpoint endpoint;
+  if (::getpeername(fd, reinterpret_cast<sockaddr*>(&sa), &length) != 0) return endpoint;
+  if (sa.ss_family == AF_INET6) {
+    const auto& in6 = reinterpret_cast<const sockaddr_in6&>(sa);
+    endpoint.port = ntohs(in6.sin6_port);
+    if (IN6_IS_ADDR_V4MAPPED(&in6.sin6_addr)) {
+      endpoint.address.family = AF_INET;
+      std::memcpy(endpoint.address.bytes.data(), reinterpret_cast<const std::uint8_t*>(&in6.sin6_addr) + 12, 4);
+    } else {
+      endpoint.address.family = AF_INET6;
+      std::memcpy(endpoint.address.bytes.data(), &in6.sin6_addr, 16);
+    }
+  } else if (sa.ss_family == AF_INET) {
+    const auto& in4 = reinterpret_cast<const sockaddr_in&>(sa);
+    endpoint.address.family = AF_INET;
+    std::memcpy(endpoint.address.bytes.data(), &in4.sin_addr, 4);
+    endpoint.port = ntohs(in4.sin_port);
+  }
+  return endpoint;
+}
+
+// Lines that an unauthenticated peer can cause: at most one a second for
+// each message, each saying how many like it were left out before it.
+class ThrottledWarnings {
+ public:
+  void write(std::string_view message, const ikev2::IpAddress& from, const std::string& tunnel,
+             const std::string& reason) {
+    auto now = std::chrono::steady_clock::now();
+    auto& state = by_message_[std::string(message)];
+    if (state.written && now - state.last < std::chrono::seconds(1)) {
+      ++state.left_out;
+      return;
+    }
+    if (state.left_out == 0)
+      core::log::warning(message, {{"from", from.to_string()}, {"tunnel", tunnel}, {"reason", reason}});
+    else
+      core::log::warning(message, {{"from", from.to_string()}, {"tunnel", tunnel}, {"reason", reason},
+                                   {"left_out", std::to_string(state.left_out)}});
+    state = {true, now, 0};
+  }
+
+ private:
+  struct State {
+    bool written = false;
+    std::chrono::steady_clock::time_point last{};
+    std::uint64_t left_out = 0;
+  };
+  std::map<std::string, State, std::less<>> by_message_;
+};
+
+constexpr std::string_view kRefusedLimit = "WireGuard exchange refused: too many unauthenticated connections";
+constexpr std::string_view kRefusedSourceLimit =
+    "WireGuard exchange refused: too many unauthenticated connections from one address";
+constexpr std::string_view kRefusedOversized = "WireGuard exchange refused: too much data before authentication";
+constexpr std::string_view kTimedOut = "WireGuard exchange timed out before authentication";
+constexpr std::string_view kRefused = "WireGuard exchange refused";
+
 // Does the leaf certificate name `expected` (DNS SAN, IP SAN or CN)?
 bool certificate_names(const std::vector<std::uint8_t>& leaf_der, const std::string& expected) {
   const unsigned char* p = leaf_der.data();
@@ -116,7 +182,12 @@ struct WgService::Impl {
     core::Reactor::Id rotation_timer = 0, reconnect_timer = 0, ready_timer = 0;
     bool ready = false;  // configured, and the first PSK in place where one is exchanged
     std::vector<std::function<void(bus::Backend::TunnelResult)>> waiting;
-    bool uses_exchange() const { return tunnel.peer_public_key.empty(); }
+    bool uses_exchange() const { return exchanges_psk(tunnel); }
+  };
+  // An exchange tunnel's TLS settings, read once per policy load.
+  struct ExchangeTls {
+    std::shared_ptr<const tls::Settings> server, client;
+    std::string error;  // why there are none
   };
 
   core::Reactor& reactor;
@@ -129,10 +200,12 @@ struct WgService::Impl {
   std::map<std::string, std::shared_ptr<WireguardKey>> keys;
   std::map<std::string, std::unique_ptr<Link>> links;  // by tunnel name
   std::map<std::uint64_t, std::string> by_association;
+  std::map<std::string, ExchangeTls> exchange_tls;  // by tunnel name
   std::vector<std::unique_ptr<WgExchangeLink>> unassigned;  // accepted, not yet authenticated
   core::UniqueFd listener;
   core::Reactor::Id listen_watch = 0, poll_timer = 0;
   std::map<std::string, std::uint64_t> counters;
+  ThrottledWarnings unauthenticated_log;
   std::shared_ptr<bool> alive = std::make_shared<bool>(true);
 
   Impl(core::Reactor& r, WgOptions o, kernel::KernelCapabilities c, IdAllocator a)
@@ -186,13 +259,41 @@ struct WgService::Impl {
     sockaddr_in6 any{};
     any.sin6_family = AF_INET6;
     any.sin6_port = htons(options.exchange_port);
-    if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&any), sizeof any) != 0 || ::listen(fd.get(), 64) != 0) {
+    // A deep accept queue: connections over the limits are refused as soon as
+    // they are accepted, and a burst of them must not crowd a genuine peer
+    // out of the kernel's queue.
+    if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&any), sizeof any) != 0 || ::listen(fd.get(), SOMAXCONN) != 0) {
       *error = "the WireGuard exchange port " + std::to_string(options.exchange_port) + ": " + std::strerror(errno);
       return false;
     }
     listener = std::move(fd);
     listen_watch = reactor.watch(listener.get(), POLLIN, [this](std::uint32_t) { accept_all(); });
     return true;
+  }
+
+  // The port is open while a tunnel of the policy exchanges its PSK.
+  void update_listener() {
+    bool wanted = options.exchange_port != 0 &&
+                  std::any_of(configured.begin(), configured.end(), [](const auto& t) { return exchanges_psk(t.second); });
+    std::string port = std::to_string(options.exchange_port);
+    if (wanted && !listener) {
+      std::string error;
+      if (listen(&error))
+        core::log::info("WireGuard exchange listening", {{"port", port}});
+      else
+        core::log::warning("WireGuard exchange is not listening", {{"reason", error}});
+    } else if (!wanted && listener) {
+      close_listener();
+      core::log::info("WireGuard exchange closed",
+                      {{"port", port}, {"reason", "no tunnel of the policy exchanges its PSK with a peer's agent"}});
+    }
+  }
+
+  // Connections still unauthenticated go with it: no tunnel wants them.
+  void close_listener() {
+    if (listen_watch) reactor.unwatch(std::exchange(listen_watch, 0));
+    listener.reset();
+    unassigned.clear();
   }
 
   void accept_all() {
@@ -218,55 +319,71 @@ struct WgService::Impl {
     return respond_only;
   }
 
+  // A connection refused before any TLS work: counted, logged (throttled)
+  // and reset, so that it leaves no state in our kernel either.
+  void refuse(core::UniqueFd fd, const std::string& counter, std::string_view message, const ikev2::IpAddress& from,
+              const std::string& tunnel, const std::string& reason) {
+    counters[counter]++;
+    unauthenticated_log.write(message, from, tunnel, reason);
+    linger reset{1, 0};
+    ::setsockopt(fd.get(), SOL_SOCKET, SO_LINGER, &reset, sizeof reset);
+  }
+
   void accept_one(core::UniqueFd fd) {
-    sockaddr_storage from_sa{};
-    socklen_t length = sizeof from_sa;
-    ::getpeername(fd.get(), reinterpret_cast<sockaddr*>(&from_sa), &length);
-    ikev2::IpAddress from;
-    if (from_sa.ss_family == AF_INET6) {
-      const auto& in6 = reinterpret_cast<const sockaddr_in6&>(from_sa);
-      static const std::uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
-      if (std::memcmp(&in6.sin6_addr, mapped, 12) == 0) {
-        from.family = AF_INET;
-        std::memcpy(from.bytes.data(), reinterpret_cast<const std::uint8_t*>(&in6.sin6_addr) + 12, 4);
-      } else {
-        from.family = AF_INET6;
-        std::memcpy(from.bytes.data(), &in6.sin6_addr, 16);
-      }
-    }
+    const auto& limits = options.exchange_limits;
+    ikev2::Endpoint remote = remote_endpoint(fd.get());
+    const ikev2::IpAddress& from = remote.address;
+    if (unassigned.size() >= limits.max_pending)
+      return refuse(std::move(fd), "wg-exchange-refused-limit", kRefusedLimit, from, "",
+                    std::to_string(unassigned.size()) + " connections are not authenticated yet (--wg-exchange-max-pending)");
+    auto from_here = static_cast<std::size_t>(std::count_if(
+        unassigned.begin(), unassigned.end(), [&](const auto& link) { return link->remote_address() == from; }));
+    if (from_here >= limits.max_per_source)
+      return refuse(std::move(fd), "wg-exchange-refused-source-limit", kRefusedSourceLimit, from, "",
+                    std::to_string(from_here) + " connections from this address are not authenticated yet "
+                                                "(--wg-exchange-max-per-source)");
     const policy::Tunnel* tunnel = tunnel_for_inbound(from);
-    if (!tunnel) {
-      counters["wg-exchange-refused"]++;
-      core::log::warning("WireGuard exchange refused", {{"from", from.to_string()}, {"reason", "no tunnel for this peer"}});
-      return;
-    }
+    if (!tunnel) return refuse(std::move(fd), "wg-exchange-refused", kRefused, from, "", "no tunnel for this peer");
+    auto tls = exchange_tls.find(tunnel->name);
+    if (tls == exchange_tls.end() || !tls->second.server)
+      return refuse(std::move(fd), "wg-exchange-refused", kRefused, from, tunnel->name,
+                    tls == exchange_tls.end() ? "no TLS settings" : tls->second.error);
     auto key = key_for(tunnel->wireguard_key);
-    if (auto* error = std::get_if<bus::BusError>(&key)) {
-      core::log::warning("WireGuard exchange refused", {{"tunnel", tunnel->name}, {"reason", error->message}});
-      return;
-    }
-    std::string error;
-    auto settings = tls_settings(*tunnel, tls::Role::Server, &error);
-    if (!settings) {
-      core::log::warning("WireGuard exchange refused", {{"tunnel", tunnel->name}, {"reason", error}});
-      return;
-    }
+    if (auto* error = std::get_if<bus::BusError>(&key))
+      return refuse(std::move(fd), "wg-exchange-refused", kRefused, from, tunnel->name, error->message);
     std::string name = tunnel->name;
     auto holder = std::make_shared<WgExchangeLink*>(nullptr);
-    auto callbacks = link_callbacks(name, [holder] { return *holder; });
-    auto link = WgExchangeLink::accept(reactor, std::move(fd), *settings,
-                                       std::get<std::shared_ptr<WireguardKey>>(key)->public_key(),
-                                       tunnel->listen_port, std::move(callbacks), &error);
-    if (!link) {
-      core::log::warning("WireGuard exchange refused", {{"tunnel", name}, {"reason", error}});
-      return;
-    }
+    auto link = WgExchangeLink::accept(
+        reactor, std::move(fd), remote,
+        {tls->second.server, std::get<std::shared_ptr<WireguardKey>>(key)->public_key(), tunnel->listen_port, limits},
+        link_callbacks(name, [holder] { return *holder; }));
     *holder = link.get();
     counters["wg-exchanges-accepted"]++;
     unassigned.push_back(std::move(link));
   }
 
-  std::optional<tls::Settings> tls_settings(const policy::Tunnel& tunnel, tls::Role role, std::string* error) {
+  // Identity, key and trust store of each exchange tunnel, read once per
+  // policy load: all of a tunnel's connections share them (and so one
+  // OpenSSL context), and accepting a connection reads no file.
+  void load_exchange_tls() {
+    exchange_tls.clear();
+    for (const auto& [name, tunnel] : configured) {
+      if (!exchanges_psk(tunnel)) continue;
+      ExchangeTls& entry = exchange_tls[name];
+      auto server = tls_settings(tunnel, tls::Role::Server, nullptr, &entry.error);
+      if (!server) {
+        core::log::warning("WireGuard exchange has no TLS identity", {{"tunnel", name}, {"error", entry.error}});
+        continue;
+      }
+      auto client = tls_settings(tunnel, tls::Role::Client, server->credentials, &entry.error);
+      entry.server = std::make_shared<const tls::Settings>(std::move(*server));
+      if (client) entry.client = std::make_shared<const tls::Settings>(std::move(*client));
+    }
+  }
+
+  // `credentials`: those of the tunnel's other role, loaded already.
+  std::optional<tls::Settings> tls_settings(const policy::Tunnel& tunnel, tls::Role role,
+                                            std::shared_ptr<const tls::Credentials> credentials, std::string* error) {
     tls::Settings settings;
     settings.role = role;
     settings.min_version = tls::Version::Tls13;
@@ -279,12 +396,15 @@ struct WgService::Impl {
       *error = "tunnel \"" + tunnel.name + "\" needs an x509 Identity= for the agents' exchange";
       return std::nullopt;
     }
-    auto loaded = tls::Credentials::load(identity->name, identity->certificate_file, identity->key_file);
-    if (auto* message = std::get_if<std::string>(&loaded)) {
-      *error = "identity \"" + identity->name + "\" cannot be loaded: " + *message;
-      return std::nullopt;
+    if (!credentials) {
+      auto loaded = tls::Credentials::load(identity->name, identity->certificate_file, identity->key_file);
+      if (auto* message = std::get_if<std::string>(&loaded)) {
+        *error = "identity \"" + identity->name + "\" cannot be loaded: " + *message;
+        return std::nullopt;
+      }
+      credentials = std::get<std::shared_ptr<tls::Credentials>>(loaded);
     }
-    settings.credentials = std::get<std::shared_ptr<tls::Credentials>>(loaded);
+    settings.credentials = std::move(credentials);
     settings.use_system_trust = true;
     if (!tunnel.trust_store.empty()) {
       const auto* store = policy->trust_store(tunnel.trust_store);
@@ -317,9 +437,9 @@ struct WgService::Impl {
     };
     callbacks.hello = [this, name, self](const wireguard::PeerHello& hello) { on_hello(name, self(), hello); };
     callbacks.psk = [this, name](std::uint64_t, const wireguard::Key& psk) { on_psk(name, psk); };
-    callbacks.closed = [this, name, self, weak](const std::string& reason) {
+    callbacks.closed = [this, name, self, weak](WgExchangeLink::Ending ending, const std::string& reason) {
       if (weak.expired()) return;
-      on_link_closed(name, self(), reason);
+      on_link_closed(name, self(), ending, reason);
     };
     return callbacks;
   }
@@ -469,18 +589,19 @@ struct WgService::Impl {
       resolve(link);
       return;
     }
-    std::string error;
-    auto settings = tls_settings(link.tunnel, tls::Role::Client, &error);
-    if (!settings) {
-      fail_waiting(link, named("NoSuchIdentity", error));
+    std::string name = link.tunnel.name;
+    auto tls = exchange_tls.find(name);
+    if (tls == exchange_tls.end() || !tls->second.client) {
+      fail_waiting(link, named("NoSuchIdentity", tls == exchange_tls.end() ? "no TLS settings" : tls->second.error));
       return;
     }
-    std::string name = link.tunnel.name;
+    std::string error;
     auto holder = std::make_shared<WgExchangeLink*>(nullptr);
     auto callbacks = link_callbacks(name, [holder] { return *holder; });
-    auto exchange = WgExchangeLink::connect(reactor, {*link.peer_address, link.tunnel.exchange_port}, *settings,
-                                            link.key->public_key(), link.tunnel.listen_port, std::move(callbacks),
-                                            &error);
+    auto exchange = WgExchangeLink::connect(
+        reactor, {*link.peer_address, link.tunnel.exchange_port},
+        {tls->second.client, link.key->public_key(), link.tunnel.listen_port, options.exchange_limits},
+        std::move(callbacks), &error);
     if (!exchange) {
       core::log::warning("WireGuard exchange not started", {{"tunnel", name}, {"reason", error}});
       schedule_reconnect(link);
@@ -613,7 +734,7 @@ struct WgService::Impl {
     link.peer.known = true;
     link.peer.public_key = hello.public_key;
     link.peer.identity = exchange->peer_identity();
-    if (!link.peer_address) link.peer_address = ikev2::IpAddress::parse(exchange->remote_address());
+    if (!link.peer_address) link.peer_address = exchange->remote_address();
     wg::DeviceConfig config;
     // Until the first PSK arrives the peer has a random one: no handshake
     // can succeed without the exchanged key.
@@ -676,12 +797,18 @@ struct WgService::Impl {
     if (!link.ready) finish_waiting(link);
   }
 
-  void on_link_closed(const std::string& name, WgExchangeLink* exchange, const std::string& reason) {
+  void on_link_closed(const std::string& name, WgExchangeLink* exchange, WgExchangeLink::Ending ending,
+                      const std::string& reason) {
     // An inbound link that never found its tunnel.
     auto stray = std::find_if(unassigned.begin(), unassigned.end(), [&](const auto& l) { return l.get() == exchange; });
     if (stray != unassigned.end()) {
-      core::log::warning("WireGuard exchange refused", {{"tunnel", name}, {"reason", reason}});
-      counters["wg-exchange-refused"]++;
+      using Ending = WgExchangeLink::Ending;
+      const auto [counter, message] =
+          ending == Ending::TimedOut      ? std::pair{"wg-exchange-timed-out", kTimedOut}
+          : ending == Ending::TooMuchData ? std::pair{"wg-exchange-refused-oversized", kRefusedOversized}
+                                          : std::pair{"wg-exchange-refused", kRefused};
+      counters[counter]++;
+      unauthenticated_log.write(message, exchange->remote_address(), name, reason);
       std::shared_ptr<WgExchangeLink> gone(std::move(*stray));
       unassigned.erase(stray);
       defer([gone] {});  // destroyed after its own callback returned
@@ -807,8 +934,13 @@ WgService::WgService(core::Reactor& reactor, WgOptions options, kernel::KernelCa
 WgService::~WgService() { shutdown(); }
 
 bool WgService::start(std::string* error) {
-  if (impl_->options.exchange_port == 0) return true;
-  return impl_->listen(error);
+  const auto& limits = impl_->options.exchange_limits;
+  if (limits.max_pending == 0 || limits.max_per_source == 0 || limits.handshake_timeout.count() <= 0 ||
+      limits.max_buffered == 0) {
+    *error = "the WireGuard exchange limits must all be above 0";
+    return false;
+  }
+  return true;
 }
 
 void WgService::set_publisher(bus::Publisher* publisher) { impl_->publisher = publisher; }
@@ -832,6 +964,8 @@ void WgService::apply_policy(const policy::Policy& policy) {
   }
   for (const auto& name : down) s.take_down(name, "the policy changed");
   s.configured = std::move(now);
+  s.load_exchange_tls();
+  s.update_listener();
   for (const auto& [name, tunnel] : s.configured) {
     if (tunnel.start != "boot" || s.links.count(name)) continue;
     if (auto error = s.bring_up(tunnel, 0))
@@ -844,7 +978,7 @@ void WgService::shutdown() {
   std::vector<std::string> names;
   for (const auto& [name, link] : s.links) names.push_back(name);
   for (const auto& name : names) s.take_down(name, "the agent stops");
-  s.unassigned.clear();
+  s.close_listener();
 }
 
 void WgService::establish_tunnel(const bus::CallerCredentials& caller, const std::string& peer,
@@ -928,6 +1062,11 @@ std::variant<std::string, bus::BusError> WgService::public_key(const std::string
 
 std::map<std::string, std::uint64_t> WgService::statistics() const {
   auto out = impl_->counters;
+  // The exchange's limits are always reported, 0 until one is reached.
+  for (const char* limit : {"wg-exchange-refused-limit", "wg-exchange-refused-source-limit", "wg-exchange-timed-out",
+                            "wg-exchange-refused-oversized"})
+    out.try_emplace(limit, 0);
+  out["wg-exchange-pending"] = impl_->unassigned.size();
   out["wg-links"] = impl_->links.size();
   return out;
 }

@@ -19,12 +19,16 @@
 #include "agent/bus/backend.h"
 #include "agent/core/reactor.h"
 #include "agent/kernel/capability.h"
+#include "agent/state/wg_exchange_link.h"
 #include "tapsec/policy.h"
 
 namespace tapsec::state {
 
 struct WgOptions {
-  std::uint16_t exchange_port = 51821;  // TCP, for peer agents; 0: do not listen
+  // TCP, for peer agents; open only while a tunnel of the policy exchanges
+  // its PSK with the peer's agent. 0: never listen (initiate only).
+  std::uint16_t exchange_port = 51821;
+  WgExchangeLimits exchange_limits;
   std::string userspace_program = "wireguard-go";
   std::string userspace_socket_dir = "/var/run/wireguard";
   std::chrono::milliseconds poll_interval{1000};  // handshakes, counters, endpoints
@@ -44,11 +48,14 @@ class WgService {
   WgService(const WgService&) = delete;
   WgService& operator=(const WgService&) = delete;
 
-  // Opens the exchange listener. On failure only the responder side is off.
+  // Checks the options. The exchange listener is not opened here: it
+  // follows the policy (apply_policy).
   bool start(std::string* error);
   void set_publisher(bus::Publisher* publisher);
   // Identities are (re)loaded, Start=boot tunnels brought up; tunnels that
-  // are gone from the policy are taken down.
+  // are gone from the policy are taken down. The exchange port opens when a
+  // tunnel needs it and closes when none does; each such tunnel's TLS
+  // identity and trust store are read here, once, for all its connections.
   void apply_policy(const policy::Policy& policy);
   // Deletes every link the agent made.
   void shutdown();

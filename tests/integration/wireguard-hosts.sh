@@ -10,17 +10,9 @@
 set -uo pipefail
 build=${1:?build dir}
 here=$(cd "$(dirname "$0")" && pwd)
-[[ $(id -u) -eq 0 ]] || { echo "SKIPPED: needs root for network namespaces" >&2; exit 77; }
-if ! ip link add tapsec-wg-probe type wireguard 2>/dev/null; then
-  command -v wireguard-go >/dev/null || { echo "SKIPPED: neither kernel WireGuard nor wireguard-go here" >&2; exit 77; }
-  [[ -c /dev/net/tun ]] || { echo "SKIPPED: no /dev/net/tun for wireguard-go" >&2; exit 77; }
-  offload=userspace
-else
-  ip link del tapsec-wg-probe
-  offload=kernel
-fi
-command -v wg >/dev/null || { echo "SKIPPED: wg (wireguard-tools) is not installed" >&2; exit 77; }
-export WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD=1
+source "$here/lib/wireguard.sh"
+wireguard_require
+offload=$WG_OFFLOAD
 export WG_PSK_ROTATION=3
 export TAPSECD_ARGS="--wg-stale-after 4"
 source "$here/lib/hosts.sh"
@@ -35,12 +27,8 @@ else
 fi
 cleanup() { hosts_down; [[ -n $alpha_etc ]] && rm -rf "$alpha_etc"; }
 trap cleanup EXIT
-fail() {
-  echo "FAIL: $*" >&2
-  for h in alpha beta; do echo "--- tapsecd log of $h:"; tail -n 40 "$HOSTS_DIR/$h/tapsecd.log"; done
-  exit 1
-}
-ctl() { local h=$1; shift; on_host "$h" "$build/dbus/tapsecctl/tapsecctl" --bus "unix:path=$HOSTS_DIR/$h/bus" "$@"; }
+fail() { hosts_fail "$@"; }
+ctl() { host_ctl "$build" "$@"; }
 # iputils ping where installed, else busybox's (the same summary line).
 ping_on() { local h=$1; shift; if command -v ping >/dev/null; then on_host "$h" ping "$@"; else on_host "$h" busybox ping "$@"; fi; }
 psk_of() { on_host "$1" wg show "$2" preshared-keys | awk '{print $2}'; }

@@ -4,6 +4,8 @@
 #
 #   hosts_up BUILD_DIR        creates hosts "alpha" (192.0.2.1) and "beta" (192.0.2.2)
 #   on_host NAME CMD...       runs CMD inside host NAME with TAPSEC_BUS set
+#   host_ctl BUILD NAME ARGS  tapsecctl against host NAME's agent
+#   hosts_fail MESSAGE        fails the test, showing both agents' logs
 #   hosts_down                stops everything and removes the namespaces
 #
 # TAPSECD_ARGS adds options to both agents.
@@ -149,6 +151,21 @@ host_agent_wait() {
     sleep 0.1
   done
   return 1
+}
+
+# host_ctl BUILD HOST ARGS...: tapsecctl against HOST's agent.
+host_ctl() {
+  local build=$1 h=$2
+  shift 2
+  on_host "$h" "$build/dbus/tapsecctl/tapsecctl" --bus "unix:path=$HOSTS_DIR/$h/bus" "$@"
+}
+
+# hosts_fail MESSAGE: says the test failed, shows the end of both agents'
+# logs and exits 1.
+hosts_fail() {
+  echo "FAIL: $*" >&2
+  for h in alpha beta; do echo "--- tapsecd log of $h:"; tail -n 40 "$HOSTS_DIR/$h/tapsecd.log"; done
+  exit 1
 }
 
 on_host() {
