@@ -2,12 +2,15 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <charconv>
+#include <fstream>
+#include <sstream>
 #include <memory>
 
 namespace tapsec::kernel {
@@ -68,23 +71,30 @@ std::string scan_error_text(const SocketRef& ref, int error) {
   }
 }
 
-}  // namespace
-
-Result<pid_t> find_socket_holder(ino_t inode) {
-  UniqueDir proc(::opendir("/proc"));
-  if (!proc) return Result<pid_t>::failure("cannot list /proc: " + describe_errno(errno), errno);
-  const pid_t self = ::getpid();
-  while (dirent* entry = ::readdir(proc.get())) {
-    pid_t pid = 0;
-    const char* name = entry->d_name;
-    const char* name_end = name + std::char_traits<char>::length(name);
-    auto [end, ec] = std::from_chars(name, name_end, pid);
-    if (ec != std::errc() || end != name_end || pid == self) continue;
-    int fd_number = -1;
-    if (scan_fd_directory(SocketRef{pid, inode}, fd_number) == 0) return Result<pid_t>::success(pid);
-  }
-  return Result<pid_t>::failure("no process holds socket inode " + std::to_string(inode), ENOENT);
+// A pidfd turns readable once its process has exited.
+bool exited(int pidfd) {
+  pollfd p{pidfd, POLLIN, 0};
+  return ::poll(&p, 1, 0) != 0;
 }
+
+// "" if the pinned process runs as its uid (real and effective), else why not.
+std::string check_holder(const PinnedSocket& holder) {
+  std::ifstream status("/proc/" + std::to_string(holder.pid) + "/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind("Uid:", 0) != 0) continue;
+    std::istringstream ids(line.substr(4));
+    uid_t real = 0, effective = 0;
+    if (!(ids >> real >> effective)) break;
+    if (real == holder.uid && effective == holder.uid) return {};
+    return "process " + std::to_string(holder.pid) + " holding socket inode " + std::to_string(holder.inode) +
+           " runs as uid " + std::to_string(effective) + ", not the association's owner " +
+           std::to_string(holder.uid) + ": the agent does not act on it";
+  }
+  return "cannot read the user of process " + std::to_string(holder.pid);
+}
+
+}  // namespace
 
 Result<ino_t> socket_inode(int fd) {
   struct stat status {};
@@ -102,19 +112,49 @@ Result<int> find_socket_fd_number(const SocketRef& ref) {
   return Result<int>::success(fd_number);
 }
 
-Result<core::UniqueFd> borrow_socket(const SocketRef& ref) {
-  using R = Result<core::UniqueFd>;
-  // The pidfd pins the process identity: if the pid is reused after the
-  // owner exits, pidfd_getfd fails instead of reaching a stranger.
-  core::UniqueFd pidfd(open_pidfd(ref.owner_pid));
-  if (!pidfd) {
+Result<PinnedSocket> pin_socket(pid_t pid, ino_t inode, uid_t uid) {
+  using R = Result<PinnedSocket>;
+  PinnedSocket pinned{pid, uid, inode, core::UniqueFd(open_pidfd(pid))};
+  if (!pinned.pidfd) {
     const int error = errno;
-    if (error == ESRCH) return R::failure(scan_error_text(ref, ESRCH), ESRCH);
+    if (error == ESRCH) return R::failure(scan_error_text({pid, inode}, ESRCH), ESRCH);
     if (error == ENOSYS) return R::failure("kernel lacks pidfd_open (needs Linux 5.3)", ENOSYS);
-    return R::failure("pidfd_open(" + std::to_string(ref.owner_pid) + ") failed: " +
-                          describe_errno(error),
-                      error);
+    return R::failure("pidfd_open(" + std::to_string(pid) + ") failed: " + describe_errno(error), error);
   }
+  if (auto problem = check_holder(pinned); !problem.empty()) return R::failure(problem, EPERM);
+  int fd_number = -1;
+  if (int error = scan_fd_directory({pid, inode}, fd_number); error != 0)
+    return R::failure(scan_error_text({pid, inode}, error), error);
+  if (exited(pinned.pidfd.get())) return R::failure(scan_error_text({pid, inode}, ESRCH), ESRCH);
+  return R::success(std::move(pinned));
+}
+
+Result<PinnedSocket> pin_new_holder(ino_t inode, uid_t uid) {
+  using R = Result<PinnedSocket>;
+  UniqueDir proc(::opendir("/proc"));
+  if (!proc) return R::failure("cannot list /proc: " + describe_errno(errno), errno);
+  const pid_t self = ::getpid();
+  while (dirent* entry = ::readdir(proc.get())) {
+    pid_t pid = 0;
+    const char* name = entry->d_name;
+    const char* name_end = name + std::char_traits<char>::length(name);
+    auto [end, ec] = std::from_chars(name, name_end, pid);
+    if (ec != std::errc() || end != name_end || pid == self) continue;
+    int fd_number = -1;
+    if (scan_fd_directory(SocketRef{pid, inode}, fd_number) != 0) continue;
+    auto pinned = pin_socket(pid, inode, uid);
+    if (pinned) return pinned;
+  }
+  return R::failure("no process of uid " + std::to_string(uid) + " holds socket inode " + std::to_string(inode),
+                    ENOENT);
+}
+
+Result<core::UniqueFd> borrow_socket(const PinnedSocket& holder) {
+  using R = Result<core::UniqueFd>;
+  const SocketRef ref{holder.pid, holder.inode};
+  if (!holder) return R::failure("no process is known to hold socket inode " + std::to_string(holder.inode), ESRCH);
+  if (exited(holder.pidfd.get())) return R::failure(scan_error_text(ref, ESRCH), ESRCH);
+  if (auto problem = check_holder(holder); !problem.empty()) return R::failure(problem, EPERM);
 
   // The application may close and reuse fd numbers between the scan and
   // pidfd_getfd; a few rounds settle that race.
@@ -124,13 +164,13 @@ Result<core::UniqueFd> borrow_socket(const SocketRef& ref) {
     const int scan_error = scan_fd_directory(ref, fd_number);
     if (scan_error != 0) return R::failure(scan_error_text(ref, scan_error), scan_error);
 
-    core::UniqueFd borrowed(get_fd_from(pidfd.get(), fd_number));
+    core::UniqueFd borrowed(get_fd_from(holder.pidfd.get(), fd_number));
     if (!borrowed) {
       const int error = errno;
       if (error == EBADF) continue;  // closed in between
       if (error == ESRCH) return R::failure(scan_error_text(ref, ESRCH), ESRCH);
       if (error == EPERM) {
-        return R::failure("pidfd_getfd on process " + std::to_string(ref.owner_pid) +
+        return R::failure("pidfd_getfd on process " + std::to_string(holder.pid) +
                               " denied: needs ptrace access (CAP_SYS_PTRACE)",
                           EPERM);
       }
@@ -140,17 +180,18 @@ Result<core::UniqueFd> borrow_socket(const SocketRef& ref) {
       return R::failure("pidfd_getfd failed: " + describe_errno(error), error);
     }
     auto inode = socket_inode(borrowed.get());
-    if (inode && inode.value() == ref.inode) return R::success(std::move(borrowed));
+    if (inode && inode.value() == holder.inode) return R::success(std::move(borrowed));
   }
   return R::failure(describe_ref(ref) + " kept changing while being looked up", EAGAIN);
 }
 
-Result<bool> socket_alive(const SocketRef& ref) {
+Result<bool> socket_alive(const PinnedSocket& holder) {
+  if (!holder || exited(holder.pidfd.get())) return Result<bool>::success(false);
   int fd_number = -1;
-  const int error = scan_fd_directory(ref, fd_number);
+  const int error = scan_fd_directory({holder.pid, holder.inode}, fd_number);
   if (error == 0) return Result<bool>::success(true);
   if (error == ENOENT || error == ESRCH) return Result<bool>::success(false);
-  return Result<bool>::failure(scan_error_text(ref, error), error);
+  return Result<bool>::failure(scan_error_text({holder.pid, holder.inode}, error), error);
 }
 
 }  // namespace tapsec::kernel

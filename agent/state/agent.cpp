@@ -83,8 +83,7 @@ std::string ip_of(const sockaddr_storage& address) {
 struct Agent::Association {
   bus::AssociationInfo info;
   bool export_allowed = false;
-  pid_t owner_pid = 0;
-  ino_t socket_inode = 0;
+  kernel::PinnedSocket holder;  // kernel offload: who holds the socket
   std::unique_ptr<tls::Session> session;    // kernel offload: kept for rekey and export
   std::unique_ptr<UserspaceChannel> channel;  // userspace fallback
 };
@@ -121,7 +120,7 @@ Agent::Agent(core::Reactor& reactor, AgentOptions options, kernel::KernelCapabil
     std::string error;
     if (!ike_->start(&error)) core::log::warning("IKE is off", {{"reason", error}});
   }
-  wireguard_ = std::make_unique<WgService>(reactor_, options_.wireguard, capabilities_, [this] { return next_id_++; });
+  wireguard_ = std::make_unique<WgService>(reactor_, resolver_, options_.wireguard, capabilities_, [this] { return next_id_++; });
   std::string error;
   if (!wireguard_->start(&error)) core::log::warning("WireGuard exchange is not listening", {{"reason", error}});
 }
@@ -587,7 +586,6 @@ void Agent::finish_handshake(std::uint64_t id, const HandshakeFailure* failure) 
   a.info.peer_address = request.socket.peer_address;
   a.info.owner_uid = request.caller.uid;
   a.info.created_at_usec = now_usec();
-  a.owner_pid = request.caller.pid;
   a.export_allowed = pending->decision.export_allowed && request.props.wants_export;
 
   core::UniqueFd for_application;
@@ -607,7 +605,15 @@ void Agent::finish_handshake(std::uint64_t id, const HandshakeFailure* failure) 
     }
   }
   if (kernel_ok) {
-    a.socket_inode = request.socket.inode;
+    // Pinned now, while the caller holds the socket it passed (or gave to a
+    // process of its own uid); a stranger is never taken for it.
+    auto pinned = kernel::pin_socket(request.caller.pid, request.socket.inode, request.caller.uid);
+    if (!pinned) pinned = kernel::pin_new_holder(request.socket.inode, request.caller.uid);
+    if (pinned) a.holder = std::move(pinned.value());
+    else a.holder.inode = request.socket.inode;
+    if (!pinned)
+      core::log::warning("no holder of the secured socket could be pinned; key update and termination will fail",
+                         {{"id", std::to_string(id)}, {"reason", pinned.error()}});
     a.info.offload = "kernel";
     a.session = std::move(session);
     for_application = std::move(request.fd);  // the agent keeps no copy
@@ -861,19 +867,19 @@ void Agent::remove_association(std::uint64_t id, const std::string& reason) {
 }
 
 bool Agent::adopt_new_holder(Association& a) const {
-  auto holder = kernel::find_socket_holder(a.socket_inode);
+  auto holder = kernel::pin_new_holder(a.holder.inode, a.info.owner_uid);
   if (!holder) return false;
   core::log::debug("socket handed on", {{"id", std::to_string(a.info.id)},
-                                        {"from", std::to_string(a.owner_pid)},
-                                        {"to", std::to_string(holder.value())}});
-  a.owner_pid = holder.value();
+                                        {"from", std::to_string(a.holder.pid)},
+                                        {"to", std::to_string(holder.value().pid)}});
+  a.holder = std::move(holder.value());
   return true;
 }
 
 kernel::Result<core::UniqueFd> Agent::borrow_socket(Association& a) const {
-  auto fd = kernel::borrow_socket({a.owner_pid, a.socket_inode});
+  auto fd = kernel::borrow_socket(a.holder);
   if (!fd && (fd.error_number() == ENOENT || fd.error_number() == ESRCH) && adopt_new_holder(a)) {
-    fd = kernel::borrow_socket({a.owner_pid, a.socket_inode});
+    fd = kernel::borrow_socket(a.holder);
   }
   return fd;
 }
@@ -883,7 +889,7 @@ void Agent::check_liveness() {
   std::vector<std::uint64_t> gone;
   for (const auto& [id, a] : associations_) {
     if (a->channel) continue;  // the channel notices closes itself
-    auto alive = kernel::socket_alive({a->owner_pid, a->socket_inode});
+    auto alive = kernel::socket_alive(a->holder);
     if (alive && !alive.value() && !adopt_new_holder(*a)) gone.push_back(id);
   }
   for (auto id : gone) remove_association(id, "the application closed the socket");

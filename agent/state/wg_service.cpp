@@ -1,7 +1,6 @@
 #include "agent/state/wg_service.h"
 
 #include <arpa/inet.h>
-#include <netdb.h>
 #include <netinet/in.h>
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
@@ -11,8 +10,6 @@
 
 #include <algorithm>
 #include <cstring>
-#include <mutex>
-#include <thread>
 
 #include "agent/bus/errors.h"
 #include "agent/core/log.h"
@@ -21,6 +18,7 @@
 #include "agent/state/ike_sockets.h"
 #include "agent/state/wg_exchange_link.h"
 #include "agent/state/wg_keys.h"
+#include "agent/state/policy_caller.h"
 
 namespace tapsec::state {
 
@@ -176,7 +174,7 @@ struct WgService::Impl {
     Peer peer;
     std::optional<ikev2::IpAddress> peer_address;  // Peer= resolved
     std::chrono::steady_clock::time_point last_resolve{};
-    bool resolving = false;
+    core::Resolver::Lookup lookup;  // while Peer= is being looked up
     std::unique_ptr<WgExchangeLink> exchange;           // the one carrying rotations
     std::vector<std::unique_ptr<WgExchangeLink>> retired;  // finished, destroyed on the next turn
     core::Reactor::Id rotation_timer = 0, reconnect_timer = 0, ready_timer = 0;
@@ -191,6 +189,7 @@ struct WgService::Impl {
   };
 
   core::Reactor& reactor;
+  core::Resolver& resolver;
   WgOptions options;
   kernel::KernelCapabilities capabilities;
   IdAllocator allocate_id;
@@ -208,16 +207,11 @@ struct WgService::Impl {
   ThrottledWarnings unauthenticated_log;
   std::shared_ptr<bool> alive = std::make_shared<bool>(true);
 
-  Impl(core::Reactor& r, WgOptions o, kernel::KernelCapabilities c, IdAllocator a)
-      : reactor(r), options(std::move(o)), capabilities(std::move(c)), allocate_id(std::move(a)) {}
+  Impl(core::Reactor& r, core::Resolver& n, WgOptions o, kernel::KernelCapabilities c, IdAllocator a)
+      : reactor(r), resolver(n), options(std::move(o)), capabilities(std::move(c)), allocate_id(std::move(a)) {}
 
   ~Impl() {
     *alive = false;
-    {
-      std::lock_guard lock(gate->mutex);
-      gate->reactor = nullptr;
-      gate->service = nullptr;
-    }
     if (listen_watch) reactor.unwatch(listen_watch);
     if (poll_timer) reactor.cancel_timer(poll_timer);
   }
@@ -622,67 +616,36 @@ struct WgService::Impl {
     });
   }
 
-  // Peer= is a host name: look it up off the loop, at most every 30 s. The
-  // lookup thread reaches the loop only through the gate, which the
-  // service closes when it goes.
-  struct ResolverGate {
-    std::mutex mutex;
-    core::Reactor* reactor = nullptr;
-    Impl* service = nullptr;
-  };
-  std::shared_ptr<ResolverGate> gate = std::make_shared<ResolverGate>();
-
+  // Peer= is a host name: look it up through the agent's resolver, at most
+  // every 30 s. The lookup is the link's: it goes with the link.
   void resolve(Link& link) {
     auto now = std::chrono::steady_clock::now();
-    if (link.resolving || (link.last_resolve.time_since_epoch().count() != 0 && now - link.last_resolve < kResolveEvery))
+    if (link.lookup || (link.last_resolve.time_since_epoch().count() != 0 && now - link.last_resolve < kResolveEvery))
       return;
-    link.resolving = true;
     link.last_resolve = now;
-    {
-      std::lock_guard lock(gate->mutex);
-      gate->reactor = &reactor;
-      gate->service = this;
-    }
-    std::thread([gate = gate, name = link.tunnel.name, host = link.tunnel.peer] {
-      addrinfo hints{};
-      hints.ai_socktype = SOCK_DGRAM;
-      addrinfo* found = nullptr;
-      std::optional<ikev2::IpAddress> address;
-      std::string error;
-      if (int r = ::getaddrinfo(host.c_str(), nullptr, &hints, &found); r == 0) {
-        for (addrinfo* a = found; a && !address; a = a->ai_next) {
-          char text[INET6_ADDRSTRLEN] = {};
-          if (a->ai_family == AF_INET)
-            ::inet_ntop(AF_INET, &reinterpret_cast<sockaddr_in*>(a->ai_addr)->sin_addr, text, sizeof text);
-          else if (a->ai_family == AF_INET6)
-            ::inet_ntop(AF_INET6, &reinterpret_cast<sockaddr_in6*>(a->ai_addr)->sin6_addr, text, sizeof text);
-          address = ikev2::IpAddress::parse(text);
-        }
-        ::freeaddrinfo(found);
-      } else {
-        error = ::gai_strerror(r);
-      }
-      std::lock_guard lock(gate->mutex);
-      if (!gate->reactor) return;
-      gate->reactor->post([gate, name, address, error] {
-        Impl* service = nullptr;
-        {
-          std::lock_guard inner(gate->mutex);
-          service = gate->service;
-        }
-        if (service) service->resolved(name, address, error);
-      });
-    }).detach();
+    std::string name = link.tunnel.name;
+    auto started = resolver.lookup(link.tunnel.peer, 0, SOCK_DGRAM, [this, name](core::Resolver::Result result) {
+      if (auto* error = std::get_if<std::string>(&result)) return resolved(name, std::nullopt, *error);
+      char text[INET6_ADDRSTRLEN] = {};
+      const auto& first = std::get<core::Resolver::Addresses>(result).front();
+      if (first.ss_family == AF_INET)
+        ::inet_ntop(AF_INET, &reinterpret_cast<const sockaddr_in&>(first).sin_addr, text, sizeof text);
+      else
+        ::inet_ntop(AF_INET6, &reinterpret_cast<const sockaddr_in6&>(first).sin6_addr, text, sizeof text);
+      resolved(name, ikev2::IpAddress::parse(text), "");
+    });
+    if (auto* error = std::get_if<std::string>(&started)) return resolved(name, std::nullopt, *error);
+    link.lookup = std::move(std::get<core::Resolver::Lookup>(started));
   }
 
   void resolved(const std::string& name, std::optional<ikev2::IpAddress> address, const std::string& error) {
     auto it = links.find(name);
     if (it == links.end()) return;
     Link& link = *it->second;
-    link.resolving = false;
+    link.lookup = {};
     if (!address) {
       core::log::warning("WireGuard peer not resolved", {{"tunnel", name}, {"host", link.tunnel.peer}, {"error", error}});
-      if (!link.ready) fail_waiting(link, named("InvalidArgument", "cannot resolve \"" + link.tunnel.peer + "\": " + error));
+      if (!link.ready) fail_waiting(link, named("InvalidArgument", error));
       return;
     }
     bool moved = link.peer_address && *link.peer_address != *address;
@@ -927,9 +890,10 @@ struct WgService::Impl {
   }
 };
 
-WgService::WgService(core::Reactor& reactor, WgOptions options, kernel::KernelCapabilities capabilities,
-                     IdAllocator allocate_id)
-    : impl_(std::make_unique<Impl>(reactor, std::move(options), std::move(capabilities), std::move(allocate_id))) {}
+WgService::WgService(core::Reactor& reactor, core::Resolver& resolver, WgOptions options,
+                     kernel::KernelCapabilities capabilities, IdAllocator allocate_id)
+    : impl_(std::make_unique<Impl>(reactor, resolver, std::move(options), std::move(capabilities),
+                                   std::move(allocate_id))) {}
 
 WgService::~WgService() { shutdown(); }
 
@@ -1002,7 +966,7 @@ void WgService::establish_tunnel(const bus::CallerCredentials& caller, const std
     return done(named("InvalidArgument", "\"" + peer + "\" is no WireGuard tunnel of the policy (by name or Peer=)"));
   }
 
-  policy::Caller who{caller.uid, caller.gid, caller.supplementary_gids, caller.pid, caller.unit, caller.cgroup};
+  const policy::Caller who = policy_caller(caller);
   policy::Request request;
   request.protocols = {"wireguard"};
   request.role = "client";

@@ -18,6 +18,7 @@
 
 #include "agent/bus/backend.h"
 #include "agent/core/reactor.h"
+#include "agent/core/resolver.h"
 #include "agent/kernel/capability.h"
 #include "agent/state/wg_exchange_link.h"
 #include "tapsec/policy.h"
@@ -42,8 +43,10 @@ class WgService {
  public:
   using IdAllocator = std::function<std::uint64_t()>;
 
-  WgService(core::Reactor& reactor, WgOptions options, kernel::KernelCapabilities capabilities,
-            IdAllocator allocate_id);
+  // Peer= host names are looked up through `resolver`, which must outlive
+  // the service.
+  WgService(core::Reactor& reactor, core::Resolver& resolver, WgOptions options,
+            kernel::KernelCapabilities capabilities, IdAllocator allocate_id);
   ~WgService();
   WgService(const WgService&) = delete;
   WgService& operator=(const WgService&) = delete;

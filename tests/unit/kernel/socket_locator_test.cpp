@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <optional>
 
 #include "agent/kernel/loopback.h"
 #include "agent/kernel/socket_info.h"
@@ -21,7 +22,8 @@ using core::UniqueFd;
 // the control pipe), then waits to be told to exit.
 class SocketHolder {
  public:
-  explicit SocketHolder(UniqueFd socket) {
+  // With `as_uid`, the child switches to that uid before it says it is ready.
+  explicit SocketHolder(UniqueFd socket, std::optional<uid_t> as_uid = std::nullopt) {
     int to_child[2], from_child[2];
     if (::pipe2(to_child, O_CLOEXEC) != 0 || ::pipe2(from_child, O_CLOEXEC) != 0) return;
     pid_ = ::fork();
@@ -29,6 +31,7 @@ class SocketHolder {
       ::close(to_child[1]);
       ::close(from_child[0]);
       char command;
+      if (as_uid && (::setgid(*as_uid) != 0 || ::setuid(*as_uid) != 0)) ::_exit(1);
       (void)::write(from_child[1], "r", 1);
       (void)::read(to_child[0], &command, 1);  // close the socket
       socket.reset();
@@ -69,7 +72,9 @@ TEST(SocketLocator, BorrowsASocketHeldByAnotherProcess) {
 
   SocketHolder holder(std::move(pair->server));  // only the child holds it now
   ASSERT_GT(holder.pid(), 0);
-  const SocketRef ref{holder.pid(), inode.value()};
+  auto pinned = pin_socket(holder.pid(), inode.value(), ::getuid());
+  ASSERT_TRUE(pinned) << pinned.error();
+  const PinnedSocket& ref = pinned.value();
 
   auto alive = socket_alive(ref);
   ASSERT_TRUE(alive) << alive.error();
@@ -107,14 +112,54 @@ TEST(SocketLocator, ExitedProcessIsReportedAsSuch) {
   if (child == 0) ::_exit(0);
   ASSERT_GT(child, 0);
   ASSERT_EQ(::waitpid(child, nullptr, 0), child);
-  const SocketRef ref{child, 12345};
-  auto borrowed = borrow_socket(ref);
+  auto pinned = pin_socket(child, 12345, ::getuid());
+  ASSERT_FALSE(pinned);
+  EXPECT_EQ(pinned.error_number(), ESRCH);
+  EXPECT_EQ(pinned.error(), "process " + std::to_string(child) + " does not exist (it exited)");
+}
+
+// Once the pinned holder has exited, the agent is done with that pid: a
+// process that takes the pid next is never reached through it.
+TEST(SocketLocator, APinnedHolderThatExitedStaysGone) {
+  auto pair = make_loopback_tcp_pair();
+  ASSERT_TRUE(pair) << pair.error();
+  auto inode = socket_inode(pair->server.get());
+  ASSERT_TRUE(inode);
+  std::optional<PinnedSocket> pinned;
+  {
+    SocketHolder holder(std::move(pair->server));
+    auto pin = pin_socket(holder.pid(), inode.value(), ::getuid());
+    ASSERT_TRUE(pin) << pin.error();
+    pinned = std::move(pin.value());
+  }  // the holder exits and is reaped: its pid is free
+  auto borrowed = borrow_socket(*pinned);
   ASSERT_FALSE(borrowed);
   EXPECT_EQ(borrowed.error_number(), ESRCH);
-  EXPECT_EQ(borrowed.error(), "process " + std::to_string(child) + " does not exist (it exited)");
-  auto alive = socket_alive(ref);
-  ASSERT_TRUE(alive) << alive.error();
+  auto alive = socket_alive(*pinned);
+  ASSERT_TRUE(alive);
   EXPECT_FALSE(alive.value());
+}
+
+// A socket that ends up with a process of another user is not acted on,
+// and such a process is never adopted as its new holder.
+TEST(SocketLocator, AHolderOfAnotherUidIsRefused) {
+  if (::geteuid() != 0) GTEST_SKIP() << "SKIPPED: needs root to run a holder as another uid";
+  constexpr uid_t kNobody = 65534;
+  auto pair = make_loopback_tcp_pair();
+  ASSERT_TRUE(pair) << pair.error();
+  auto inode = socket_inode(pair->server.get());
+  ASSERT_TRUE(inode);
+  SocketHolder stranger(std::move(pair->server), kNobody);
+  auto as_owner = pin_socket(stranger.pid(), inode.value(), ::getuid());
+  ASSERT_FALSE(as_owner);
+  EXPECT_EQ(as_owner.error_number(), EPERM);
+  EXPECT_NE(as_owner.error().find("runs as uid 65534"), std::string::npos) << as_owner.error();
+  auto adopted = pin_new_holder(inode.value(), ::getuid());
+  ASSERT_FALSE(adopted) << "a process of uid 65534 was adopted for uid 0";
+  EXPECT_EQ(adopted.error_number(), ENOENT);
+  auto as_nobody = pin_new_holder(inode.value(), kNobody);
+  ASSERT_TRUE(as_nobody) << as_nobody.error();
+  EXPECT_EQ(as_nobody.value().pid, stranger.pid());
 }
 
 TEST(SocketLocator, FindsTheFdNumberInThisProcess) {
