@@ -7,6 +7,7 @@
 #include <openssl/pem.h>
 #include <openssl/x509.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 
 #include <cstdint>
 #include <cstdio>
@@ -46,6 +47,7 @@ std::shared_ptr<Credentials> make_identity() {
   PEM_write_PrivateKey(key_file, key, nullptr, nullptr, 0, nullptr, nullptr);
   std::fclose(cert_file);
   std::fclose(key_file);
+  chmod(key_path.c_str(), 0600);  // the agent refuses a private key others may read
   X509_free(certificate);
   EVP_PKEY_free(key);
   auto loaded = Credentials::load("fuzz", cert_path, key_path);
