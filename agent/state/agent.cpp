@@ -115,7 +115,7 @@ Agent::Agent(core::Reactor& reactor, AgentOptions options, kernel::KernelCapabil
       handshake_quota_(options_.handshakes),
       connect_quota_(options_.connects) {
   liveness_timer_ = reactor_.add_timer(options_.liveness_interval, [this] { check_liveness(); });
-  ike_ = std::make_unique<IkeService>(reactor_, options_.ike, capabilities_, [this] { return next_id_++; });
+  ike_ = std::make_unique<IkeService>(reactor_, resolver_, options_.ike, capabilities_, [this] { return next_id_++; });
   if (options_.ike.ike_port != 0) {
     std::string error;
     if (!ike_->start(&error)) core::log::warning("IKE is off", {{"reason", error}});

@@ -126,9 +126,14 @@ struct IkeService::Impl : ikev2::ConfigSelector {
     std::uint32_t trap_reqid = 0;  // non-zero while trap policies are installed
     std::vector<std::pair<ikev2::TrafficSelector, ikev2::TrafficSelector>> trap_selectors;
     IpAddress local, remote;
+    // Peer= is a host name: its lookup, and the calls waiting for it.
+    std::optional<IpAddress> looked_up;
+    core::Resolver::Lookup lookup;
+    std::vector<std::function<void()>> after_lookup;
   };
 
   core::Reactor& reactor;
+  core::Resolver& resolver;
   IkeOptions options;
   kernel::KernelCapabilities capabilities;
   IdAllocator allocate_id;
@@ -154,8 +159,9 @@ struct IkeService::Impl : ikev2::ConfigSelector {
   std::map<std::uint64_t, std::pair<ikev2::IkeSaId, ikev2::ChildSaId>> by_association;  // child 0 = the IKE SA
   std::uint32_t next_reqid = 1;
 
-  Impl(core::Reactor& r, IkeOptions o, kernel::KernelCapabilities c, IdAllocator ids)
+  Impl(core::Reactor& r, core::Resolver& n, IkeOptions o, kernel::KernelCapabilities c, IdAllocator ids)
       : reactor(r),
+        resolver(n),
         options(o),
         capabilities(std::move(c)),
         allocate_id(std::move(ids)),
@@ -661,13 +667,14 @@ struct IkeService::Impl : ikev2::ConfigSelector {
     return id;
   }
 
-  // Resolves a tunnel's addresses; "" on success.
+  // Resolves a tunnel's addresses; "" on success. A Peer= host name must
+  // have been looked up (look_up_peer) first.
   std::string resolve(TunnelEntry& entry) {
     entry.remote = {};
     entry.local = {};
     if (!is_any(entry.tunnel.peer)) {
-      auto remote = IpAddress::parse(entry.tunnel.peer);
-      if (!remote) return "Peer \"" + entry.tunnel.peer + "\" is not an address (host names are not resolved yet)";
+      auto remote = entry.looked_up ? entry.looked_up : IpAddress::parse(entry.tunnel.peer);
+      if (!remote) return "Peer \"" + entry.tunnel.peer + "\" is not an address and was not looked up";
       entry.remote = *remote;
     }
     if (!entry.tunnel.local_address.empty()) {
@@ -684,6 +691,64 @@ struct IkeService::Impl : ikev2::ConfigSelector {
     return {};
   }
 
+  static bool names_a_host(const std::string& peer) { return !is_any(peer) && !IpAddress::parse(peer); }
+
+  // Addresses and configuration of a tunnel whose peer address is known.
+  void prepare(TunnelEntry& entry) {
+    entry.config_error = resolve(entry);
+    if (entry.config_error.empty()) {
+      auto built = build_ike_config(*policy, entry.tunnel, entry.local);
+      if (auto* e = std::get_if<std::string>(&built)) entry.config_error = *e;
+      else entry.config = std::get<std::shared_ptr<ikev2::IkeConfig>>(built);
+    }
+    if (!entry.config_error.empty())
+      core::log::error("tunnel unusable",
+                       {{"tunnel", entry.tunnel.name}, {"at", entry.tunnel.location}, {"error", entry.config_error}});
+  }
+
+  // Trap policies or the boot start of a tunnel that just became usable.
+  void activate(TunnelEntry& entry) {
+    if (!started || !entry.config) return;
+    if (entry.tunnel.start == "trap") install_trap(entry);
+    if (entry.tunnel.start == "boot" && !tunnel_active(entry.tunnel.name)) start_tunnel(entry, 0);
+  }
+
+  // Peer= names a host: looked up through the agent's resolver. Until the
+  // answer the tunnel is unusable, and EstablishTunnel waits for it.
+  void look_up_peer(TunnelEntry& entry) {
+    entry.config_error = "its peer " + entry.tunnel.peer + " is still being looked up";
+    const std::string name = entry.tunnel.name;
+    auto started_lookup = resolver.lookup(entry.tunnel.peer, 0, SOCK_DGRAM, [this, name](core::Resolver::Result result) {
+      auto it = tunnels.find(name);
+      if (it == tunnels.end()) return;
+      TunnelEntry& entry = it->second;
+      entry.lookup = {};
+      if (auto* error = std::get_if<std::string>(&result)) {
+        entry.config_error = *error;
+        core::log::error("tunnel unusable", {{"tunnel", name}, {"at", entry.tunnel.location}, {"error", *error}});
+      } else {
+        // The IKE sockets are IPv4: the first IPv4 address it has.
+        for (const auto& address : std::get<core::Resolver::Addresses>(result)) {
+          if (address.ss_family == AF_INET) {
+            entry.looked_up = address_of(address);
+            break;
+          }
+        }
+        if (entry.looked_up) {
+          prepare(entry);
+          activate(entry);
+        } else {
+          entry.config_error = "its peer " + entry.tunnel.peer + " has no IPv4 address (IKE runs over IPv4 here)";
+        }
+      }
+      auto waiting = std::move(entry.after_lookup);
+      for (auto& retry : waiting) retry();
+      pump();
+    });
+    if (auto* error = std::get_if<std::string>(&started_lookup)) entry.config_error = *error;
+    else entry.lookup = std::move(std::get<core::Resolver::Lookup>(started_lookup));
+  }
+
   std::optional<bus::BusError> check_ready() const {
     if (!started) return make_error("NotSupported", "IKE is not running: " + not_running_reason);
     if (!capabilities.esp)
@@ -694,9 +759,9 @@ struct IkeService::Impl : ikev2::ConfigSelector {
 
 // --------------------------------------------------------------------------
 
-IkeService::IkeService(core::Reactor& reactor, IkeOptions options, kernel::KernelCapabilities capabilities,
-                       IdAllocator allocate_id)
-    : impl_(std::make_unique<Impl>(reactor, options, std::move(capabilities), std::move(allocate_id))) {}
+IkeService::IkeService(core::Reactor& reactor, core::Resolver& resolver, IkeOptions options,
+                       kernel::KernelCapabilities capabilities, IdAllocator allocate_id)
+    : impl_(std::make_unique<Impl>(reactor, resolver, options, std::move(capabilities), std::move(allocate_id))) {}
 
 IkeService::~IkeService() { shutdown(); }
 
@@ -755,25 +820,14 @@ void IkeService::apply_policy(const policy::Policy& policy) {
   for (const auto& name : policy.tunnel_names()) {
     const policy::Tunnel* tunnel = policy.tunnel(name);
     if (!tunnel || tunnel->protocol != "ikev2") continue;
-    Impl::TunnelEntry entry;
+    Impl::TunnelEntry& entry = s.tunnels[name];
     entry.tunnel = *tunnel;
-    entry.config_error = s.resolve(entry);
-    if (entry.config_error.empty()) {
-      auto built = build_ike_config(policy, *tunnel, entry.local);
-      if (auto* e = std::get_if<std::string>(&built)) entry.config_error = *e;
-      else entry.config = std::get<std::shared_ptr<ikev2::IkeConfig>>(built);
-    }
-    if (!entry.config_error.empty())
-      core::log::error("tunnel unusable", {{"tunnel", name}, {"at", tunnel->location}, {"error", entry.config_error}});
-    s.tunnels.emplace(name, std::move(entry));
     s.tunnel_order.push_back(name);
+    if (Impl::names_a_host(tunnel->peer)) s.look_up_peer(entry);
+    else s.prepare(entry);
   }
   if (!s.started) return;
-  for (auto& [name, entry] : s.tunnels) {
-    if (!entry.config) continue;
-    if (entry.tunnel.start == "trap") s.install_trap(entry);
-    if (entry.tunnel.start == "boot" && !s.tunnel_active(name)) s.start_tunnel(entry, 0);
-  }
+  for (auto& [name, entry] : s.tunnels) s.activate(entry);
   s.pump();
 }
 
@@ -813,6 +867,12 @@ void IkeService::establish_tunnel(const bus::CallerCredentials& caller, const st
                                                     "\" is defined in the policy; its settings come from there "
                                                     "(pass only 'protocols' and 'timeout-ms')"));
     entry = &named->second;
+    if (entry->lookup) {  // its peer's address is on its way: decide then
+      entry->after_lookup.push_back([this, caller, peer, props = std::move(props), done = std::move(done)]() mutable {
+        establish_tunnel(caller, peer, std::move(props), std::move(done));
+      });
+      return;
+    }
   } else {
     if (!IpAddress::parse(peer))
       return done(make_error("InvalidArgument", "\"" + peer + "\" is neither a tunnel of the policy nor an address"));
@@ -833,7 +893,7 @@ void IkeService::establish_tunnel(const bus::CallerCredentials& caller, const st
   request.protocols = {"ikev2"};
   request.role = "client";
   request.host = entry->tunnel.peer;
-  request.address = entry->tunnel.peer;
+  request.address = entry->remote.family ? entry->remote.to_string() : entry->tunnel.peer;
   request.port = entry->tunnel.port;
   request.identity = props.identity;
   request.psk = props.psk;

@@ -18,6 +18,7 @@
 
 #include "agent/bus/backend.h"
 #include "agent/core/reactor.h"
+#include "agent/core/resolver.h"
 #include "agent/kernel/capability.h"
 #include "tapsec/policy.h"
 
@@ -33,8 +34,10 @@ class IkeService {
   // Allocates association ids shared with the rest of the agent.
   using IdAllocator = std::function<std::uint64_t()>;
 
-  IkeService(core::Reactor& reactor, IkeOptions options, kernel::KernelCapabilities capabilities,
-             IdAllocator allocate_id);
+  // Peer= host names are looked up through `resolver`, which must outlive
+  // the service.
+  IkeService(core::Reactor& reactor, core::Resolver& resolver, IkeOptions options,
+             kernel::KernelCapabilities capabilities, IdAllocator allocate_id);
   ~IkeService();
   IkeService(const IkeService&) = delete;
   IkeService& operator=(const IkeService&) = delete;

@@ -174,4 +174,17 @@ std::optional<ikev2::IpAddress> route_source_address(const ikev2::IpAddress& rem
   return endpoint_of(local).address;
 }
 
+std::optional<ikev2::IpAddress> address_of(const sockaddr_storage& address) {
+  ikev2::IpAddress ip;
+  ip.family = address.ss_family;
+  if (address.ss_family == AF_INET) {
+    std::memcpy(ip.bytes.data(), &reinterpret_cast<const sockaddr_in&>(address).sin_addr, 4);
+  } else if (address.ss_family == AF_INET6) {
+    std::memcpy(ip.bytes.data(), &reinterpret_cast<const sockaddr_in6&>(address).sin6_addr, 16);
+  } else {
+    return std::nullopt;
+  }
+  return ip;
+}
+
 }  // namespace tapsec::state

@@ -4,6 +4,8 @@
 // and leave from the local address the engine chose. IPv4 for now.
 #pragma once
 
+#include <sys/socket.h>
+
 #include <cstdint>
 #include <functional>
 #include <optional>
@@ -50,5 +52,8 @@ class IkeSockets {
 
 // The local address the routing table would use to reach `remote`.
 std::optional<ikev2::IpAddress> route_source_address(const ikev2::IpAddress& remote);
+
+// The IPv4 or IPv6 address of a resolved socket address (port dropped).
+std::optional<ikev2::IpAddress> address_of(const sockaddr_storage& address);
 
 }  // namespace tapsec::state

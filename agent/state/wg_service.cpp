@@ -626,13 +626,7 @@ struct WgService::Impl {
     std::string name = link.tunnel.name;
     auto started = resolver.lookup(link.tunnel.peer, 0, SOCK_DGRAM, [this, name](core::Resolver::Result result) {
       if (auto* error = std::get_if<std::string>(&result)) return resolved(name, std::nullopt, *error);
-      char text[INET6_ADDRSTRLEN] = {};
-      const auto& first = std::get<core::Resolver::Addresses>(result).front();
-      if (first.ss_family == AF_INET)
-        ::inet_ntop(AF_INET, &reinterpret_cast<const sockaddr_in&>(first).sin_addr, text, sizeof text);
-      else
-        ::inet_ntop(AF_INET6, &reinterpret_cast<const sockaddr_in6&>(first).sin6_addr, text, sizeof text);
-      resolved(name, ikev2::IpAddress::parse(text), "");
+      resolved(name, address_of(std::get<core::Resolver::Addresses>(result).front()), "");
     });
     if (auto* error = std::get_if<std::string>(&started)) return resolved(name, std::nullopt, *error);
     link.lookup = std::move(std::get<core::Resolver::Lookup>(started));

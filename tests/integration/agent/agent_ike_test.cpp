@@ -40,6 +40,19 @@ Auth=psk
 PSK=site
 
 [Tunnel]
+Name=by-name
+Peer=localhost
+LocalAddress=127.0.0.1
+Auth=psk
+PSK=site
+
+[Tunnel]
+Name=unknown-name
+Peer=no-such-host.invalid
+Auth=psk
+PSK=site
+
+[Tunnel]
 Name=forbidden
 Peer=192.0.2.3
 LocalAddress=127.0.0.1
@@ -85,7 +98,7 @@ AgentProcess* AgentIkeTest::agent_ = nullptr;
 
 TEST_F(AgentIkeTest, ListsTheTunnelsOfThePolicy) {
   auto tunnels = agent_->list_tunnels();
-  ASSERT_EQ(tunnels.size(), 3u);
+  ASSERT_EQ(tunnels.size(), 5u);
   auto to_beta = std::find_if(tunnels.begin(), tunnels.end(), [](auto& t) { return t.name == "to-beta"; });
   ASSERT_NE(to_beta, tunnels.end());
   EXPECT_EQ(to_beta->protocol, "ikev2");
@@ -105,6 +118,18 @@ TEST_F(AgentIkeTest, EstablishTunnelSaysWhatTheKernelLacks) {
   EXPECT_EQ(path, "");
   EXPECT_EQ(name, "org.tapsec1.Error.KernelUnsupported");
   EXPECT_NE(message.find("kernel lacks ESP"), std::string::npos) << message;
+}
+
+// Peer= may name a host: the agent's resolver looks it up, and the tunnel
+// is usable once it has an address (here it then meets the missing ESP).
+TEST_F(AgentIkeTest, TunnelPeersMayBeHostNames) {
+  std::string name, message;
+  agent_->establish_tunnel("unknown-name", {}, &name, &message);
+  EXPECT_EQ(name, "org.tapsec1.Error.InvalidArgument") << message;
+  EXPECT_NE(message.find("cannot resolve no-such-host.invalid"), std::string::npos) << message;
+  if (kernel_has_esp()) GTEST_SKIP() << "this kernel has ESP; the VM scenarios establish real tunnels";
+  agent_->establish_tunnel("by-name", {}, &name, &message);
+  EXPECT_EQ(name, "org.tapsec1.Error.KernelUnsupported") << "the host name was not resolved: " << message;
 }
 
 TEST_F(AgentIkeTest, EstablishTunnelNamesBadRequests) {
@@ -181,7 +206,7 @@ TEST_F(AgentIkeTest, GarbageAtTheIkePortIsDroppedAndCounted) {
   EXPECT_EQ(dropped, datagrams.size());
   EXPECT_EQ(after["ike-sent"], before["ike-sent"]) << "the agent answered garbage";
   EXPECT_TRUE(agent_->agent_running());
-  EXPECT_EQ(agent_->list_tunnels().size(), 3u);
+  EXPECT_EQ(agent_->list_tunnels().size(), 5u);
 }
 
 }  // namespace
