@@ -221,6 +221,7 @@ void Agent::connect(const bus::CallerCredentials& caller, const std::string& hos
   auto id = next_id_++;
   auto pending = std::make_unique<PendingConnect>();
   pending->request = std::move(request);
+  pending->slot = std::move(slot);
   auto* raw = pending.get();
   auto started = resolver_.lookup(host, port, SOCK_STREAM, [this, id](core::Resolver::Result result) {
     auto it = connects_.find(id);
