@@ -380,6 +380,13 @@ Result<Unit> DumpAssembler::add(const nlmsghdr* header) {
     } handshake{};
     if (attribute_is(fields[WGPEER_A_LAST_HANDSHAKE_TIME], handshake) &&
         (handshake.seconds != 0 || handshake.nanoseconds != 0)) {
+      // The clock counts int64 nanoseconds: about 292 years from 1970.
+      constexpr std::int64_t kLatestSeconds =
+          std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::duration::max()).count() - 1;
+      if (handshake.seconds < 0 || handshake.seconds > kLatestSeconds || handshake.nanoseconds < 0 ||
+          handshake.nanoseconds >= 1'000'000'000) {
+        return R::failure("WireGuard dump: peer's last handshake time out of range", EPROTO);
+      }
       peer.last_handshake = std::chrono::system_clock::time_point(
           std::chrono::duration_cast<std::chrono::system_clock::duration>(
               std::chrono::seconds(handshake.seconds) + std::chrono::nanoseconds(handshake.nanoseconds)));

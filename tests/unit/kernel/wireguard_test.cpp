@@ -478,6 +478,28 @@ TEST(WireGuardCodec, DumpOfANeverHandshakenPeerHasZeroTime) {
   EXPECT_FALSE(assembler.state().peers[0].endpoint);
 }
 
+// A handshake time the clock cannot hold (a kernel sends none) is refused,
+// not overflowed.
+TEST(WireGuardCodec, DumpRejectsAHandshakeTimeOutOfRange) {
+  const std::int64_t out_of_range[][2] = {
+      {INT64_MAX, 0}, {-1, 0}, {1700000000, 1'000'000'000}, {1700000000, -1}};
+  for (const auto& time : out_of_range) {
+    detail::NlMsgPtr message(nlmsg_alloc_size(4096));
+    genlmsg_put(message.get(), 0, 1, kFamily, 0, NLM_F_MULTI, WG_CMD_GET_DEVICE, WG_GENL_VERSION);
+    nlattr* peers = nla_nest_start(message.get(), WGDEVICE_A_PEERS);
+    nlattr* peer = nla_nest_start(message.get(), 0);
+    const Key key = numbered_key(2);
+    nla_put(message.get(), WGPEER_A_PUBLIC_KEY, 32, key.data());
+    nla_put(message.get(), WGPEER_A_LAST_HANDSHAKE_TIME, sizeof time, time);
+    nla_nest_end(message.get(), peer);
+    nla_nest_end(message.get(), peers);
+    detail::DumpAssembler assembler;
+    auto status = assembler.add(nlmsg_hdr(message.get()));
+    EXPECT_FALSE(status) << time[0] << " s " << time[1] << " ns";
+    EXPECT_EQ(status.error_number(), EPROTO);
+  }
+}
+
 TEST(WireGuardCodec, DumpRejectsMalformedPeers) {
   {
     detail::NlMsgPtr message(nlmsg_alloc_size(4096));
