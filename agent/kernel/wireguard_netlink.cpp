@@ -547,12 +547,9 @@ class Channel {
         if (reply->nlmsg_seq != sequence) continue;  // a stale answer to an earlier request
         if (reply->nlmsg_flags & NLM_F_DUMP_INTR) answer.interrupted = true;
         if (reply->nlmsg_type == NLMSG_ERROR) {
-          if (reply->nlmsg_len < NLMSG_LENGTH(sizeof(nlmsgerr))) {
-            answer.error_number = EPROTO;
-          } else {
-            answer.error_number = -static_cast<const nlmsgerr*>(NLMSG_DATA(reply))->error;
-            answer.kernel_message = extended_ack_text(reply);
-          }
+          Acknowledgement acknowledgement = read_acknowledgement(reply);
+          answer.error_number = acknowledgement.error_number;
+          answer.kernel_message = std::move(acknowledgement.kernel_message);
           return R::success(std::move(answer));
         }
         if (reply->nlmsg_type == NLMSG_DONE) {
