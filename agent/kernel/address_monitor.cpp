@@ -6,6 +6,7 @@
 
 #include <array>
 #include <cerrno>
+#include <cstring>
 
 namespace tapsec::kernel {
 
@@ -20,9 +21,30 @@ Result<AddressMonitor> AddressMonitor::open() {
   return Result<AddressMonitor>::success(AddressMonitor(std::move(fd)));
 }
 
+bool holds_path_change(std::span<const std::uint8_t> datagram) {
+  bool changed = false;
+  std::size_t offset = 0;
+  while (datagram.size() - offset >= sizeof(nlmsghdr)) {
+    nlmsghdr header;  // copied: the bytes need not be aligned
+    std::memcpy(&header, datagram.data() + offset, sizeof header);
+    if (header.nlmsg_len < sizeof header || header.nlmsg_len > datagram.size() - offset) break;
+    switch (header.nlmsg_type) {
+      case RTM_NEWADDR: case RTM_DELADDR: case RTM_NEWROUTE: case RTM_DELROUTE: case RTM_NEWLINK: case RTM_DELLINK:
+        changed = true;
+        break;
+      default:
+        break;
+    }
+    const std::size_t step = NLMSG_ALIGN(header.nlmsg_len);
+    if (step >= datagram.size() - offset) break;
+    offset += step;
+  }
+  return changed;
+}
+
 bool AddressMonitor::drain() {
   bool changed = false;
-  std::array<char, 16384> buffer;
+  std::array<std::uint8_t, 16384> buffer;
   for (;;) {
     ssize_t n = ::recv(fd_.get(), buffer.data(), buffer.size(), MSG_DONTWAIT);
     if (n < 0) {
@@ -31,16 +53,7 @@ bool AddressMonitor::drain() {
       if (errno == EINTR || errno == ENOBUFS) continue;
       return changed;
     }
-    int length = static_cast<int>(n);
-    for (auto* h = reinterpret_cast<nlmsghdr*>(buffer.data()); NLMSG_OK(h, length); h = NLMSG_NEXT(h, length)) {
-      switch (h->nlmsg_type) {
-        case RTM_NEWADDR: case RTM_DELADDR: case RTM_NEWROUTE: case RTM_DELROUTE: case RTM_NEWLINK: case RTM_DELLINK:
-          changed = true;
-          break;
-        default:
-          break;
-      }
-    }
+    if (holds_path_change(std::span(buffer.data(), static_cast<std::size_t>(n)))) changed = true;
   }
 }
 

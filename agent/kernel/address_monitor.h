@@ -3,10 +3,18 @@
 // something changed, not what: the agent then asks the routing table.
 #pragma once
 
+#include <cstdint>
+#include <span>
+
 #include "agent/core/unique_fd.h"
 #include "agent/kernel/result.h"
 
 namespace tapsec::kernel {
+
+// True if one datagram of the subscription holds an address, route or link
+// change. The kernel's bytes are walked as netlink messages; a truncated or
+// malformed tail ends the walk (what came before it still counts).
+bool holds_path_change(std::span<const std::uint8_t> datagram);
 
 class AddressMonitor {
  public:

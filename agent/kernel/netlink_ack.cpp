@@ -2,6 +2,8 @@
 
 #include <netlink/attr.h>
 
+#include <cerrno>
+#include <climits>
 #include <cstdint>
 #include <cstring>
 
@@ -23,6 +25,14 @@ std::string extended_ack_text(const nlmsghdr* header) {
   if (!text || nla_len(text) <= 0) return {};
   const char* characters = static_cast<const char*>(nla_data(text));
   return std::string(characters, ::strnlen(characters, static_cast<std::size_t>(nla_len(text))));
+}
+
+Acknowledgement read_acknowledgement(const nlmsghdr* header) {
+  if (header->nlmsg_len < NLMSG_LENGTH(sizeof(nlmsgerr))) return {EPROTO, {}};
+  const int error = static_cast<const nlmsgerr*>(NLMSG_DATA(header))->error;
+  // INT_MIN has no positive counterpart.
+  if (error > 0 || error == INT_MIN) return {EPROTO, extended_ack_text(header)};
+  return {-error, extended_ack_text(header)};
 }
 
 }  // namespace tapsec::kernel

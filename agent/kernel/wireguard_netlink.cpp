@@ -380,6 +380,13 @@ Result<Unit> DumpAssembler::add(const nlmsghdr* header) {
     } handshake{};
     if (attribute_is(fields[WGPEER_A_LAST_HANDSHAKE_TIME], handshake) &&
         (handshake.seconds != 0 || handshake.nanoseconds != 0)) {
+      // The clock counts int64 nanoseconds: about 292 years from 1970.
+      constexpr std::int64_t kLatestSeconds =
+          std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::duration::max()).count() - 1;
+      if (handshake.seconds < 0 || handshake.seconds > kLatestSeconds || handshake.nanoseconds < 0 ||
+          handshake.nanoseconds >= 1'000'000'000) {
+        return R::failure("WireGuard dump: peer's last handshake time out of range", EPROTO);
+      }
       peer.last_handshake = std::chrono::system_clock::time_point(
           std::chrono::duration_cast<std::chrono::system_clock::duration>(
               std::chrono::seconds(handshake.seconds) + std::chrono::nanoseconds(handshake.nanoseconds)));
@@ -540,12 +547,9 @@ class Channel {
         if (reply->nlmsg_seq != sequence) continue;  // a stale answer to an earlier request
         if (reply->nlmsg_flags & NLM_F_DUMP_INTR) answer.interrupted = true;
         if (reply->nlmsg_type == NLMSG_ERROR) {
-          if (reply->nlmsg_len < NLMSG_LENGTH(sizeof(nlmsgerr))) {
-            answer.error_number = EPROTO;
-          } else {
-            answer.error_number = -static_cast<const nlmsgerr*>(NLMSG_DATA(reply))->error;
-            answer.kernel_message = extended_ack_text(reply);
-          }
+          Acknowledgement acknowledgement = read_acknowledgement(reply);
+          answer.error_number = acknowledgement.error_number;
+          answer.kernel_message = std::move(acknowledgement.kernel_message);
           return R::success(std::move(answer));
         }
         if (reply->nlmsg_type == NLMSG_DONE) {

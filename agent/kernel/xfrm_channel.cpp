@@ -129,12 +129,9 @@ Result<std::vector<Outcome>> XfrmChannel::exchange(std::size_t count, const Buil
       if (index >= count || !awaiting[index]) continue;  // a stale answer to someone else's request
       Outcome& outcome = outcomes[index];
       if (header->nlmsg_type == NLMSG_ERROR) {
-        if (header->nlmsg_len < NLMSG_LENGTH(sizeof(nlmsgerr))) {
-          outcome.error_number = EPROTO;
-        } else {
-          outcome.error_number = -static_cast<const nlmsgerr*>(NLMSG_DATA(header))->error;
-          outcome.kernel_message = extended_ack_text(header);
-        }
+        Acknowledgement acknowledgement = read_acknowledgement(header);
+        outcome.error_number = acknowledgement.error_number;
+        outcome.kernel_message = std::move(acknowledgement.kernel_message);
         awaiting[index] = false;
         --outstanding;
       } else if (header->nlmsg_type != NLMSG_DONE && header->nlmsg_type != NLMSG_NOOP) {

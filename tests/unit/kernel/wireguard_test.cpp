@@ -460,22 +460,42 @@ TEST(WireGuardCodec, DumpAssemblyMergesASplitPeer) {
   EXPECT_EQ(state.peers[2].allowed_ips, (std::vector<AllowedIp>{ip("10.3.0.1/32")}));
 }
 
-TEST(WireGuardCodec, DumpOfANeverHandshakenPeerHasZeroTime) {
+// A dump of one peer with only a public key and a last handshake time.
+detail::NlMsgPtr peer_with_handshake_time(const std::int64_t (&time)[2]) {
   detail::NlMsgPtr message(nlmsg_alloc_size(4096));
   genlmsg_put(message.get(), 0, 1, kFamily, 0, NLM_F_MULTI, WG_CMD_GET_DEVICE, WG_GENL_VERSION);
   nlattr* peers = nla_nest_start(message.get(), WGDEVICE_A_PEERS);
   nlattr* peer = nla_nest_start(message.get(), 0);
   const Key key = numbered_key(2);
   nla_put(message.get(), WGPEER_A_PUBLIC_KEY, 32, key.data());
-  const std::int64_t never[2] = {0, 0};
-  nla_put(message.get(), WGPEER_A_LAST_HANDSHAKE_TIME, sizeof never, never);
+  nla_put(message.get(), WGPEER_A_LAST_HANDSHAKE_TIME, sizeof time, time);
   nla_nest_end(message.get(), peer);
   nla_nest_end(message.get(), peers);
+  return message;
+}
+
+TEST(WireGuardCodec, DumpOfANeverHandshakenPeerHasZeroTime) {
+  const std::int64_t never[2] = {0, 0};
+  const detail::NlMsgPtr message = peer_with_handshake_time(never);
   detail::DumpAssembler assembler;
   ASSERT_TRUE(assembler.add(nlmsg_hdr(message.get())));
   ASSERT_EQ(assembler.state().peers.size(), 1u);
   EXPECT_EQ(assembler.state().peers[0].last_handshake, std::chrono::system_clock::time_point{});
   EXPECT_FALSE(assembler.state().peers[0].endpoint);
+}
+
+// A handshake time the clock cannot hold (a kernel sends none) is refused,
+// not overflowed.
+TEST(WireGuardCodec, DumpRejectsAHandshakeTimeOutOfRange) {
+  const std::int64_t out_of_range[][2] = {
+      {INT64_MAX, 0}, {-1, 0}, {1700000000, 1'000'000'000}, {1700000000, -1}};
+  for (const auto& time : out_of_range) {
+    const detail::NlMsgPtr message = peer_with_handshake_time(time);
+    detail::DumpAssembler assembler;
+    auto status = assembler.add(nlmsg_hdr(message.get()));
+    EXPECT_FALSE(status) << time[0] << " s " << time[1] << " ns";
+    EXPECT_EQ(status.error_number(), EPROTO);
+  }
 }
 
 TEST(WireGuardCodec, DumpRejectsMalformedPeers) {

@@ -102,40 +102,6 @@ struct TestPki {
   }
 };
 
-inline ChildConfig child(const char* name, const char* local_ts, const char* remote_ts) {
-  ChildConfig config;
-  config.name = name;
-  config.local_ts = {ts(local_ts)};
-  config.remote_ts = {ts(remote_ts)};
-  return config;
-}
-
-inline std::shared_ptr<IkeConfig> psk_config(const char* local_id, const char* peer_id, const char* psk) {
-  auto config = std::make_shared<IkeConfig>();
-  config->name = "link";
-  config->local_id = id(local_id);
-  const std::string secret(psk);
-  config->local_credentials.method = LocalCredentials::Method::SharedKey;
-  config->local_credentials.psk =
-      SecretBytes(std::span(reinterpret_cast<const std::uint8_t*>(secret.data()), secret.size()));
-  config->peer.method = PeerRequirements::Method::SharedKey;
-  config->peer.psk = config->local_credentials.psk;
-  config->peer.expected_id = id(peer_id);
-  return config;
-}
-
-struct Ends {
-  std::shared_ptr<IkeConfig> a, b;
-};
-
-// a (10.1.0.0/16) and b (10.2.0.0/16) with a shared key and one child each.
-inline Ends psk_ends(const char* psk = "correct horse battery staple") {
-  Ends ends{psk_config("a.example", "b.example", psk), psk_config("b.example", "a.example", psk)};
-  ends.a->children = {child("net", "10.1.0.0/16", "10.2.0.0/16")};
-  ends.b->children = {child("net", "10.2.0.0/16", "10.1.0.0/16")};
-  return ends;
-}
-
 // Signature authentication under `pki`; leaves are made unless given.
 inline void use_certificates(Ends& ends, const TestPki& pki, const LocalCredentials* a = nullptr,
                              const LocalCredentials* b = nullptr) {

@@ -14,25 +14,9 @@
 #include <vector>
 
 #include "agent/engines/ikev2/ike_engine.h"
+#include "tests/unit/ikev2/engine/engine_configs.h"
 
 namespace tapsec::ikev2::test {
-
-inline IpAddress ip(const char* text) { return *IpAddress::parse(text); }
-inline TrafficSelector ts(const char* text) { return *TrafficSelector::parse(text); }
-inline Identification id(const char* text) { return *Identification::parse(text); }
-inline Proposal proposal(const char* text, ProtocolId protocol) {
-  return std::get<Proposal>(parse_proposal(text, protocol));
-}
-
-class FixedSelector : public ConfigSelector {
- public:
-  std::shared_ptr<const IkeConfig> config;
-  int init_calls = 0, auth_calls = 0;
-  std::shared_ptr<const IkeConfig> select(const Endpoint&, const Endpoint&, const Identification* peer_id) override {
-    ++(peer_id ? auth_calls : init_calls);
-    return config;
-  }
-};
 
 struct Node {
   std::string name;
@@ -145,6 +129,11 @@ class Network {
   bool check_traffic = true;
   std::set<std::uint32_t> closing_spis;  // SAs of children one end closed
   std::size_t delivered = 0;
+  // Told before a datagram or a timer run reaches node 0 or 1 (the engine
+  // fuzz target's seed recorder gives each engine its own random stream and
+  // writes down what one engine is given).
+  std::function<void(int node, const InFlight& packet)> before_receive;
+  std::function<void(int node)> before_timer;
 
   // A NAT in front of "a": its sources become nat_public:<mapped port>.
   bool nat = false;
@@ -238,6 +227,7 @@ class Network {
     }
     const int n = copies ? copies(packet) : 1;
     for (int i = 0; i < n; ++i) {
+      if (before_receive) before_receive(to, packet);
       node(to).engine->receive(packet.destination, packet.source, packet.data, now);
       ++delivered;
     }
@@ -260,6 +250,14 @@ class Network {
     return out;
   }
 
+  void fire_timers() {
+    for (int i = 0; i < 2; ++i) {
+      if (!node(i).engine) continue;
+      if (before_timer) before_timer(i);
+      node(i).engine->on_timer(now);
+    }
+  }
+
   // Lets `span` of fake time pass, firing every timer on the way.
   void elapse(std::chrono::milliseconds span) {
     const TimePoint end = now + span;
@@ -268,12 +266,10 @@ class Network {
       auto deadline = next_deadline();
       if (!deadline || *deadline > end) break;
       now = std::max(now, *deadline);
-      for (Node* n : {&a, &b})
-        if (n->engine) n->engine->on_timer(now);
+      fire_timers();
     }
     now = end;
-    for (Node* n : {&a, &b})
-      if (n->engine) n->engine->on_timer(now);
+    fire_timers();
     run();
   }
 };
