@@ -33,7 +33,7 @@ void usage(FILE* out) {
       "                                 WireGuard tunnel of the policy exchanges its PSK\n"
       "  --wg-exchange-max-pending N    unauthenticated exchange connections held at once; more\n"
       "                                 are closed when accepted (default 64, 1-65536)\n"
-      "  --wg-exchange-max-per-source N the same from one address (default 8, 1-65536)\n"
+      "  --wg-exchange-max-per-source N the same from one IPv4 address or IPv6 /64 (default 8, 1-65536)\n"
       "  --wg-exchange-handshake-timeout SECONDS\n"
       "                                 time from accept (or connect) until the peer's agent is\n"
       "                                 authenticated (default 3, 1-300)\n"

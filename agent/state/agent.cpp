@@ -121,8 +121,6 @@ Agent::Agent(core::Reactor& reactor, AgentOptions options, kernel::KernelCapabil
     if (!ike_->start(&error)) core::log::warning("IKE is off", {{"reason", error}});
   }
   wireguard_ = std::make_unique<WgService>(reactor_, resolver_, options_.wireguard, capabilities_, [this] { return next_id_++; });
-  std::string error;
-  if (!wireguard_->start(&error)) core::log::warning("WireGuard exchange is not listening", {{"reason", error}});
 }
 
 Agent::~Agent() {
@@ -166,7 +164,7 @@ void Agent::secure_socket(const bus::CallerCredentials& caller, core::UniqueFd f
     done(make_error("BadSocket", socket.error()));
     return;
   }
-  TlsRequest request{caller, std::move(fd), role, std::move(props), {}, 0, std::move(done), socket.value()};
+  TlsRequest request{caller, std::move(fd), role, std::move(props), {}, 0, std::move(done), socket.value(), {}};
   std::string peer_ip;
   split_address(request.socket.peer_address, &peer_ip, &request.port);
   request.host = !request.props.server_name.empty() ? request.props.server_name : peer_ip;
@@ -205,7 +203,7 @@ void Agent::connect(const bus::CallerCredentials& caller, const std::string& hos
     return;
   }
   if (props.server_name.empty() && !is_ip_literal(host)) props.server_name = host;
-  TlsRequest request{caller, {}, "client", std::move(props), host, port, std::move(done), {}};
+  TlsRequest request{caller, {}, "client", std::move(props), host, port, std::move(done), {}, {}};
   if (auto refused = refuse_unsupported_protocols(request)) return request.done(std::move(*refused));
 
   // Policy first: a caller no rule could allow to this host and port gets

@@ -151,7 +151,8 @@ struct IkeService::Impl : ikev2::ConfigSelector {
   std::unique_ptr<ikev2::IkeEngine> engine;
   core::Reactor::Id engine_timer = 0;
   bool started = false;
-  std::string not_running_reason = "IKE is off (tapsecd --ike-port 0)";
+  std::string not_running_reason =
+      options.off_reason.empty() ? "IKE is off (tapsecd --ike-port 0)" : "IKE is off: " + options.off_reason;
 
   std::map<std::string, TunnelEntry> tunnels;
   std::vector<std::string> tunnel_order;  // as the policy lists them

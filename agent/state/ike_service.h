@@ -27,6 +27,9 @@ namespace tapsec::state {
 struct IkeOptions {
   std::uint16_t ike_port = 500;    // 0: IKE is off
   std::uint16_t nat_t_port = 4500;
+  // Why IKE is off when the agent turned it off itself (ike_port 0 for lack
+  // of a capability); callers of EstablishTunnel are told this.
+  std::string off_reason;
 };
 
 class IkeService {

@@ -28,6 +28,7 @@ void check_privileges(AgentOptions& options) {
     if (!reason.empty()) {
       core::log::warning("IKE is off: " + reason);
       ike.ike_port = 0;
+      ike.off_reason = reason;
     }
   }
   if (!privileges.has(CAP_NET_ADMIN))

@@ -9,6 +9,7 @@
 #include <sys/socket.h>
 
 #include <algorithm>
+#include <stdexcept>
 #include <cstring>
 
 #include "agent/bus/errors.h"
@@ -323,6 +324,14 @@ struct WgService::Impl {
     ::setsockopt(fd.get(), SOL_SOCKET, SO_LINGER, &reset, sizeof reset);
   }
 
+  // The source a per-source limit counts: an IPv4 address, or an IPv6
+  // address's /64, since one host is commonly given a whole /64.
+  static ikev2::IpAddress source_of(const ikev2::IpAddress& address) {
+    ikev2::IpAddress source = address;
+    if (source.family == AF_INET6) std::fill(source.bytes.begin() + 8, source.bytes.end(), 0);
+    return source;
+  }
+
   void accept_one(core::UniqueFd fd) {
     const auto& limits = options.exchange_limits;
     ikev2::Endpoint remote = remote_endpoint(fd.get());
@@ -330,12 +339,15 @@ struct WgService::Impl {
     if (unassigned.size() >= limits.max_pending)
       return refuse(std::move(fd), "wg-exchange-refused-limit", kRefusedLimit, from, "",
                     std::to_string(unassigned.size()) + " connections are not authenticated yet (--wg-exchange-max-pending)");
-    auto from_here = static_cast<std::size_t>(std::count_if(
-        unassigned.begin(), unassigned.end(), [&](const auto& link) { return link->remote_address() == from; }));
+    const ikev2::IpAddress source = source_of(from);
+    auto from_here = static_cast<std::size_t>(std::count_if(unassigned.begin(), unassigned.end(), [&](const auto& link) {
+      return source_of(link->remote_address()) == source;
+    }));
     if (from_here >= limits.max_per_source)
       return refuse(std::move(fd), "wg-exchange-refused-source-limit", kRefusedSourceLimit, from, "",
-                    std::to_string(from_here) + " connections from this address are not authenticated yet "
-                                                "(--wg-exchange-max-per-source)");
+                    std::to_string(from_here) + " connections from this " +
+                        (source.family == AF_INET6 ? "/64" : "address") +
+                        " are not authenticated yet (--wg-exchange-max-per-source)");
     const policy::Tunnel* tunnel = tunnel_for_inbound(from);
     if (!tunnel) return refuse(std::move(fd), "wg-exchange-refused", kRefused, from, "", "no tunnel for this peer");
     auto tls = exchange_tls.find(tunnel->name);
@@ -885,21 +897,15 @@ struct WgService::Impl {
 };
 
 WgService::WgService(core::Reactor& reactor, core::Resolver& resolver, WgOptions options,
-                     kernel::KernelCapabilities capabilities, IdAllocator allocate_id)
-    : impl_(std::make_unique<Impl>(reactor, resolver, std::move(options), std::move(capabilities),
-                                   std::move(allocate_id))) {}
+                     kernel::KernelCapabilities capabilities, IdAllocator allocate_id) {
+  const auto& limits = options.exchange_limits;
+  if (limits.max_pending == 0 || limits.max_per_source == 0 || limits.handshake_timeout.count() <= 0 ||
+      limits.max_buffered == 0)
+    throw std::invalid_argument("the WireGuard exchange limits must all be above 0");
+  impl_ = std::make_unique<Impl>(reactor, resolver, std::move(options), std::move(capabilities), std::move(allocate_id));
+}
 
 WgService::~WgService() { shutdown(); }
-
-bool WgService::start(std::string* error) {
-  const auto& limits = impl_->options.exchange_limits;
-  if (limits.max_pending == 0 || limits.max_per_source == 0 || limits.handshake_timeout.count() <= 0 ||
-      limits.max_buffered == 0) {
-    *error = "the WireGuard exchange limits must all be above 0";
-    return false;
-  }
-  return true;
-}
 
 void WgService::set_publisher(bus::Publisher* publisher) { impl_->publisher = publisher; }
 

@@ -44,16 +44,15 @@ class WgService {
   using IdAllocator = std::function<std::uint64_t()>;
 
   // Peer= host names are looked up through `resolver`, which must outlive
-  // the service.
+  // the service. Every exchange limit must be above 0 (tapsecd bounds each
+  // option); std::invalid_argument otherwise. The exchange listener is not
+  // opened here: it follows the policy (apply_policy).
   WgService(core::Reactor& reactor, core::Resolver& resolver, WgOptions options,
             kernel::KernelCapabilities capabilities, IdAllocator allocate_id);
   ~WgService();
   WgService(const WgService&) = delete;
   WgService& operator=(const WgService&) = delete;
 
-  // Checks the options. The exchange listener is not opened here: it
-  // follows the policy (apply_policy).
-  bool start(std::string* error);
   void set_publisher(bus::Publisher* publisher);
   // Identities are (re)loaded, Start=boot tunnels brought up; tunnels that
   // are gone from the policy are taken down. The exchange port opens when a

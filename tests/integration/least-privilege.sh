@@ -8,7 +8,8 @@
 #   - it holds exactly the capabilities it was given (CapEff = CapAmb);
 #   - it is not dumpable: no core file (RLIMIT_CORE 0), and a process of
 #     its own uid can neither read /proc/<pid>/environ nor ptrace it;
-#   - without CAP_NET_BIND_SERVICE it says IKE is off and why, and serves;
+#   - without CAP_NET_BIND_SERVICE it says IKE is off and why (in its log and
+#     to a caller of tunnel up), and serves;
 #   - a policy file owned by another user stops it with the command to run.
 # Creates the system user "tapsec" if it is missing, and removes it again.
 #   least-privilege.sh BUILD_DIR
@@ -147,6 +148,11 @@ start_agent +net_admin
 wait_serving || fail "tapsecd without CAP_NET_BIND_SERVICE did not serve"
 grep -q 'IKE is off: binding UDP 500 needs CAP_NET_BIND_SERVICE' "$dir/tapsecd.log" ||
   fail "tapsecd did not say why IKE is off"
+# A caller asking for a tunnel is told the same reason, not "--ike-port 0".
+tunnel_error=$(ctl tunnel up 192.0.2.1 --psk link 2>&1) && fail "tunnel up succeeded with IKE off"
+[[ $tunnel_error == *"IKE is off: binding UDP 500 needs CAP_NET_BIND_SERVICE"* ]] ||
+  fail "tunnel up did not say why IKE is off: $tunnel_error"
+echo "tunnel up refused: $tunnel_error"
 [[ $(capability_set CapEff) == 0000000000001000 ]] || fail "CapEff is $(capability_set CapEff), not net_admin alone"
 stop_agent
 

@@ -13,6 +13,8 @@
 #      new exchange is refused while the 64 wait, completes it once the
 #      handshake limit has dropped them;
 #   2b. a ClientHello larger than --wg-exchange-max-buffered (32 KiB) is cut off;
+#   2c. from IPv6, the per-source limit counts a /64: 12 connections from two
+#       addresses of one /64 keep 8;
 #   3. 40 TLS handshakes that fail (no client certificate): the identity and
 #      trust store are not loaded per connection, so they cost beta's agent
 #      little CPU (CPU_BOUND_MS);
@@ -168,6 +170,25 @@ hold --from 192.0.2.5 --count 1 --hold 2 --send "$out/oversized.bin" >"$out/over
 grep -q "WireGuard exchange refused: too much data before authentication" "$HOSTS_DIR/beta/tapsecd.log" ||
   fail "no log line for the byte cap"
 echo "byte cap: 49,167 bytes of an unfinished ClientHello closed at once"
+
+# 2c. IPv6: the per-source limit counts a /64, not an address (a host is
+# commonly given a whole /64). 6 + 6 silent connections from two addresses
+# of one /64: 8 are kept, 4 refused.
+on_host beta ip addr add 2001:db8:7::2/64 dev "${HOSTS_PREFIX:0:8}b" nodad || fail "beta's IPv6 address"
+for i in 3 4; do on_host alpha ip addr add "2001:db8:7::$i/64" dev "$alpha_dev" nodad || fail "address 2001:db8:7::$i"; done
+refused_before=$(statistic wg-exchange-refused-source-limit)
+hold6() { on_host alpha "$build/tests/integration/tools/tcp_hold" --to '[2001:db8:7::2]:51821' "$@"; }
+hold6 --from 2001:db8:7::3 --count 6 --hold 2 >"$out/six-a" &
+six_a=$!
+hold6 --from 2001:db8:7::4 --count 6 --hold 2 >"$out/six-b" &
+six_b=$!
+wait_opened "$out/six-a" "$out/six-b"
+wait "$six_a" "$six_b"
+refused_six=$(($(statistic wg-exchange-refused-source-limit) - refused_before))
+((refused_six == 4)) || fail "of 12 connections from one /64, $refused_six were refused over the per-source limit, not 4"
+grep -q "connections from this /64 are not authenticated yet" "$HOSTS_DIR/beta/tapsecd.log" ||
+  fail "no log line names the /64"
+echo "IPv6: of 12 silent connections from 2 addresses of one /64, 8 kept and 4 refused"
 
 # 3. Failed TLS handshakes: the TLS context is built once, not per connection.
 cpu_before=$(cpu_ms)
