@@ -48,6 +48,9 @@ struct SecurityProperties {
   bool require_peer_certificate = false;
   bool wants_export = false;
   std::string offload = "preferred";
+  // Kernel offload: hand the application the kTLS socket itself rather
+  // than a relayed socketpair end (records that are not data then reach it).
+  bool direct_socket = false;
   std::uint32_t timeout_ms = 10000;
 };
 

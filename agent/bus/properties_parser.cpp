@@ -208,6 +208,10 @@ std::optional<BusError> read_value(sd_bus_message* m, std::string_view key, Secu
     if ((r = read_bool(m, props.wants_export)) < 0) return malformed(key, r);
     return std::nullopt;
   }
+  if (key == "direct-socket") {
+    if ((r = read_bool(m, props.direct_socket)) < 0) return malformed(key, r);
+    return std::nullopt;
+  }
   if (key == "offload") {
     if ((r = read_string(m, props.offload)) < 0) return malformed(key, r);
     if (!is_one_of(props.offload, {"required", "preferred"}))
@@ -248,6 +252,7 @@ const std::vector<PropertyKey>& known_property_keys() {
       {"server-name", "s"},    {"session-cache", "b"},    {"peer-validation", "s"},
       {"peer-pins", "as"},     {"validator", "o"},        {"require-peer-certificate", "b"},
       {"export", "b"},         {"offload", "s"},          {"timeout-ms", "u"},
+      {"direct-socket", "b"},
   };
   return keys;
 }

@@ -86,6 +86,11 @@ struct Agent::Association {
   kernel::PinnedSocket holder;  // kernel offload: who holds the socket
   std::unique_ptr<tls::Session> session;    // kernel offload: kept for rekey and export
   std::unique_ptr<UserspaceChannel> channel;  // userspace fallback
+  std::unique_ptr<KernelRelay> relay;         // kernel offload, relayed (the default)
+  // The engine, wherever it lives.
+  tls::Session* tls_session() {
+    return channel ? &channel->session() : relay ? &relay->session() : session.get();
+  }
 };
 
 struct Agent::PendingHandshake {
@@ -400,8 +405,9 @@ void Agent::start_tls(TlsRequest request) {
   TlsHandshake::Options options;
   options.timeout = std::chrono::milliseconds(req.props.timeout_ms);
   options.is_client = req.role == "client";
-  // Tickets only matter when the kernel will read the socket.
-  options.drain_tickets = capabilities_.ktls;
+  // Tickets must be off the wire before the application reads the kTLS
+  // socket itself; relayed, they are taken whenever they come.
+  options.drain_tickets = capabilities_.ktls && req.props.direct_socket;
 
   TlsHandshake::Validate validate;
   if (req.props.peer_validation == "application") {
@@ -603,7 +609,24 @@ void Agent::finish_handshake(std::uint64_t id, const HandshakeFailure* failure) 
       kernel_ok = true;
     }
   }
-  if (kernel_ok) {
+  if (kernel_ok && !request.props.direct_socket) {
+    std::string error;
+    auto relay = KernelRelay::create(
+        reactor_, std::move(request.fd), std::move(session),
+        {capabilities_.ktls_rx_rekey, capabilities_.ktls_tx_rekey},
+        [this, id](const std::string& reason) {
+          reactor_.post([this, id, reason] { remove_association(id, reason); });
+        },
+        &error);
+    if (!relay) {
+      request.done(make_error("Internal", error));
+      return;
+    }
+    for_application = relay->take_application_fd();
+    relay->start();
+    a.relay = std::move(relay);
+    a.info.offload = "kernel";
+  } else if (kernel_ok) {
     // Pinned now, while the caller holds the socket it passed (or gave to a
     // process of its own uid); a stranger is never taken for it.
     auto pinned = kernel::pin_socket(request.caller.pid, request.socket.inode, request.caller.uid);
@@ -699,6 +722,9 @@ std::optional<bus::AssociationInfo> Agent::association(std::uint64_t id) const {
   if (a.channel) {
     info.bytes_sent = a.channel->bytes_sent();
     info.bytes_received = a.channel->bytes_received();
+  } else if (a.relay) {
+    info.bytes_sent = a.relay->bytes_sent();
+    info.bytes_received = a.relay->bytes_received();
   } else if (auto fd = borrow_socket(a)) {
     // The kernel carries the records: count what TCP carried (records
     // included), as the agent never sees the plaintext.
@@ -707,7 +733,7 @@ std::optional<bus::AssociationInfo> Agent::association(std::uint64_t id) const {
       info.bytes_received = socket.value().tcp.bytes_received;
     }
   }
-  tls::Session* session = a.channel ? &a.channel->session() : a.session.get();
+  tls::Session* session = a.tls_session();
   if (session) info.key_epoch = session->key_epoch();
   return info;
 }
@@ -746,6 +772,9 @@ std::optional<bus::BusError> Agent::update_keys(const bus::CallerCredentials& as
 
   if (a.channel) {
     a.channel->update_keys(request_peer);
+  } else if (a.relay) {
+    if (auto error = a.relay->update_keys(request_peer))
+      return make_error("KernelUnsupported", *error + " (kernel " + capabilities_.kernel_release + ")");
   } else {
     if (!capabilities_.ktls_tx_rekey) {
       return make_error("KernelUnsupported",
@@ -827,7 +856,7 @@ std::variant<std::vector<std::uint8_t>, bus::BusError> Agent::export_keying_mate
                                           " (ask with export=true; policy must allow Export)");
   }
   if (length == 0 || length > 1024) return make_error("InvalidArgument", "length must be between 1 and 1024");
-  tls::Session* session = a.channel ? &a.channel->session() : a.session.get();
+  tls::Session* session = a.tls_session();
   auto exported = session->export_keying_material(label, context, length);
   if (auto* message = std::get_if<std::string>(&exported)) return make_error("InvalidArgument", *message);
   return std::get<std::vector<std::uint8_t>>(exported);
@@ -843,6 +872,10 @@ std::optional<bus::BusError> Agent::terminate(const bus::CallerCredentials& aski
   if (auto denied = authorize(caller, a, "terminate")) return denied;
   if (a.channel) {
     a.channel->terminate();  // its close callback removes the association
+    return std::nullopt;
+  }
+  if (a.relay) {
+    a.relay->terminate();  // its close callback removes the association
     return std::nullopt;
   }
   if (auto located = borrow_socket(a)) {
@@ -887,7 +920,7 @@ void Agent::check_liveness() {
   liveness_timer_ = reactor_.add_timer(options_.liveness_interval, [this] { check_liveness(); });
   std::vector<std::uint64_t> gone;
   for (const auto& [id, a] : associations_) {
-    if (a->channel) continue;  // the channel notices closes itself
+    if (a->channel || a->relay) continue;  // they notice closes themselves
     auto alive = kernel::socket_alive(a->holder);
     if (alive && !alive.value() && !adopt_new_holder(*a)) gone.push_back(id);
   }

@@ -22,6 +22,7 @@
 #include "agent/state/ike_service.h"
 #include "agent/state/wg_service.h"
 #include "agent/state/tls_handshake.h"
+#include "agent/state/kernel_relay.h"
 #include "agent/state/userspace_channel.h"
 #include "tapsec/policy.h"
 

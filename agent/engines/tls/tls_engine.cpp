@@ -193,6 +193,9 @@ struct Session::Impl {
   // TLS 1.3 application traffic secrets of the current epochs.
   SecretBytes tx_secret;
   SecretBytes rx_secret;
+  // Read keys of OpenSSL's own record layer once the kernel reads
+  // (hand_reads_to_kernel), with the sequence number it expects next.
+  std::optional<TrafficKeys> openssl_read_keys;
 
   // Peer validation.
   enum class Decision { Undecided, Accepted, Rejected } decision = Decision::Undecided;
@@ -771,6 +774,26 @@ Session::Status Session::feed_record(std::span<const std::uint8_t> record) {
   if (BIO_write(impl_->network_in, record.data(), static_cast<int>(record.size())) != static_cast<int>(record.size()))
     return fail("out of memory");
   return impl_->handshake_done ? pump_reads() : drive_handshake();
+}
+
+void Session::hand_reads_to_kernel() {
+  if (impl_->handshake_done && version() == Version::Tls13) impl_->openssl_read_keys = keys_for(false);
+}
+
+Session::Status Session::absorb_post_handshake(std::span<const std::uint8_t> messages) {
+  Impl& d = *impl_;
+  if (status_ == Status::Failed) return status_;
+  if (!d.openssl_read_keys) return fail("post-handshake message given before the kernel took over reading");
+  if (messages.empty() || messages.size() > 16384) return fail("post-handshake record of a size TLS does not allow");
+  auto record = detail::tls13_seal_record(*d.openssl_read_keys, SSL3_RT_HANDSHAKE, messages);
+  if (!record) return fail("cannot seal a post-handshake message for OpenSSL");
+  ++d.openssl_read_keys->seq;
+  // OpenSSL counts the record as read; the kernel's keys must not move.
+  const std::uint64_t records_read = d.records_read;
+  const Status status = feed_ciphertext(*record);
+  d.records_read = records_read;
+  if (!take_plaintext().empty()) return fail("a post-handshake record gave application data");
+  return status;
 }
 
 Session::Status Session::feed_ciphertext(std::span<const std::uint8_t> bytes) {

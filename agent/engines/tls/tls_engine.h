@@ -292,6 +292,17 @@ class Session {
   // Number of TX key updates so far (ours, on either path).
   std::uint64_t key_epoch() const { return tx_epoch_; }
 
+  // Post-handshake messages the kernel decrypted (kernel path, TLS 1.3).
+  // hand_reads_to_kernel() is called when kTLS RX takes over; from then on
+  // absorb_post_handshake() takes the plaintext of handshake records the
+  // kernel read (NewSessionTickets), seals it again under the read keys
+  // OpenSSL still holds and lets OpenSSL process it as if it had read it,
+  // so the tickets reach the session cache. KeyUpdates are not given to it
+  // (advance_rx_keys() follows them for the kernel); OpenSSL's own read
+  // state stays at the keys of the hand-off.
+  void hand_reads_to_kernel();
+  Status absorb_post_handshake(std::span<const std::uint8_t> messages);
+
   // Userspace record layer, used only when the kernel lacks kTLS.
   Status feed_ciphertext(std::span<const std::uint8_t> bytes);  // any chunking
   std::vector<std::uint8_t> take_plaintext();

@@ -134,6 +134,11 @@ AgentProcess* AgentTest::agent_ = nullptr;
 
 const Props kServer = {{"identity", std::string("server")}};
 const Props kClient = {{"server-name", std::string("server.test")}};
+// The kTLS socket itself rather than the relayed socketpair end.
+Props direct(Props props) {
+  props.push_back({"direct-socket", true});
+  return props;
+}
 
 // Sends `size` random bytes each way at once and checks both arrive intact.
 void exchange(int a, int b, std::size_t size) {
@@ -189,15 +194,24 @@ TEST_F(AgentTest, SixtyFourMiBEachWayWithKeysWhereTheyShouldBe) {
   auto pair = secure_pair(kClient, kServer);
   ASSERT_EQ(pair.client.error_name, "") << pair.client.error_message;
   ASSERT_EQ(pair.server.error_name, "") << pair.server.error_message;
+  // Relayed (the default), the application holds a socketpair end either way.
+  EXPECT_EQ(ulp_of(pair.client.fd), "") << "a relayed fd is a socketpair, not TCP";
   if (expected_offload() == "kernel") {
-    EXPECT_EQ(ulp_of(pair.client.fd), "tls");
-    EXPECT_EQ(ulp_of(pair.server.fd), "tls");
     EXPECT_GE(tls_stat("TlsTxSw"), tx_before + 2) << "both ends should have installed a kTLS send key";
     EXPECT_GE(tls_stat("TlsRxSw"), rx_before + 2) << "both ends should have installed a kTLS receive key";
-  } else {
-    EXPECT_EQ(ulp_of(pair.client.fd), "") << "a userspace-protected fd is a socketpair, not TCP";
   }
   exchange(pair.client.fd, pair.server.fd, 64 << 20);
+  close_pair(pair);
+}
+
+TEST_F(AgentTest, DirectSocketIsTheKtlsSocketItself) {
+  if (expected_offload() != "kernel") GTEST_SKIP() << "SKIPPED: this kernel lacks kTLS (runs in the VM)";
+  auto pair = secure_pair(direct(kClient), direct(kServer));
+  ASSERT_EQ(pair.client.error_name, "") << pair.client.error_message;
+  ASSERT_EQ(pair.server.error_name, "") << pair.server.error_message;
+  EXPECT_EQ(ulp_of(pair.client.fd), "tls");
+  EXPECT_EQ(ulp_of(pair.server.fd), "tls");
+  exchange(pair.client.fd, pair.server.fd, 16 << 20);
   close_pair(pair);
 }
 
@@ -414,8 +428,18 @@ bool agent_has_feature(const std::string& feature) {
   return found;
 }
 
-TEST_F(AgentTest, TerminateSendsCloseNotify) {
+TEST_F(AgentTest, TerminateSendsCloseNotifyAndBothReadEndOfFile) {
   auto pair = secure_pair(kClient, kServer);
+  ASSERT_EQ(pair.client.error_name, "") << pair.client.error_message;
+  EXPECT_EQ(agent_->call_association(pair.client.association, "Terminate", ""), "");
+  char byte;
+  EXPECT_EQ(read(pair.client.fd, &byte, 1), 0) << "the terminated side should read the end of the stream";
+  EXPECT_EQ(read(pair.server.fd, &byte, 1), 0) << "the peer's close_notify should read as the end of the stream";
+  close_pair(pair);
+}
+
+TEST_F(AgentTest, DirectSocketTerminateSendsCloseNotify) {
+  auto pair = secure_pair(direct(kClient), direct(kServer));
   ASSERT_EQ(pair.client.error_name, "") << pair.client.error_message;
   EXPECT_EQ(agent_->call_association(pair.client.association, "Terminate", ""), "");
   char byte;
@@ -435,8 +459,28 @@ TEST_F(AgentTest, TerminateSendsCloseNotify) {
   close_pair(pair);
 }
 
-TEST_F(AgentTest, UpdateKeysKeepsTheConnectionWorking) {
+TEST_F(AgentTest, UpdateKeysIsFollowedByTheRelayedPeer) {
   auto pair = secure_pair(kClient, kServer);
+  ASSERT_EQ(pair.client.error_name, "") << pair.client.error_message;
+  ASSERT_EQ(pair.server.error_name, "") << pair.server.error_message;
+  if (expected_offload() == "kernel" && !agent_has_feature("ktls-rekey")) {
+    EXPECT_EQ(agent_->call_association(pair.client.association, "UpdateKeys", "b", 0),
+              "org.tapsec1.Error.KernelUnsupported");
+    exchange(pair.client.fd, pair.server.fd, 1 << 20);  // nothing was sent: the connection is intact
+  } else {
+    // The peer's relay takes the KeyUpdate off the wire, follows it and
+    // answers it; neither application notices.
+    EXPECT_EQ(agent_->call_association(pair.client.association, "UpdateKeys", "b", 1), "");
+    exchange(pair.client.fd, pair.server.fd, 1 << 20);
+    EXPECT_EQ(agent_->get_u64(pair.client.association, "KeyEpoch"), 1u);
+    EXPECT_EQ(agent_->get_u64(pair.server.association, "KeyEpoch"), 1u) << "the peer should have answered";
+    exchange(pair.client.fd, pair.server.fd, 1 << 20);
+  }
+  close_pair(pair);
+}
+
+TEST_F(AgentTest, DirectSocketUpdateKeysKeepsTheConnectionWorking) {
+  auto pair = secure_pair(direct(kClient), direct(kServer));
   ASSERT_EQ(pair.client.error_name, "") << pair.client.error_message;
   if (expected_offload() == "userspace") {
     EXPECT_EQ(agent_->call_association(pair.client.association, "UpdateKeys", "b", 1), "");

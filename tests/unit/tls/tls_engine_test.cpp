@@ -13,6 +13,7 @@
 #include <tuple>
 
 #include "agent/engines/tls/context_cache.h"
+#include "agent/engines/tls/record_crypto.h"
 #include "tests/unit/tls/test_pki.h"
 #include "tests/unit/tls/test_records.h"
 
@@ -632,6 +633,48 @@ void resume_across_sessions(Version version) {
 
 TEST(Resumption, Tls13AcrossSessionsWithSharedTicketKeys) { resume_across_sessions(Version::Tls13); }
 TEST(Resumption, Tls12AcrossSessionsWithSharedTicketKeys) { resume_across_sessions(Version::Tls12); }
+
+// Relayed kernel offload: kTLS reads the tickets, the agent gives their
+// plaintext back to the engine, and they must reach the cache all the same.
+TEST(Resumption, TicketsTheKernelReadReachTheCacheThroughAbsorb) {
+  auto cache = std::make_shared<SessionCache>(16);
+  auto ticket_keys = TicketKeys::generate();
+  Settings c = client_settings();
+  c.session_cache = cache;
+  c.session_cache_key = "k";
+  Settings s = server_settings();
+  s.ticket_keys = ticket_keys;
+  Pair first = connect(c, s);
+  expect_established(first);
+  first.client->hand_reads_to_kernel();
+  TrafficKeys kernel_rx = first.client->rx_keys();
+  const auto records = split_records(first.server->take_output());
+  ASSERT_EQ(records.size(), 2u) << "OpenSSL's server sends two tickets";
+  for (const auto& record : records) {
+    auto inner = tapsec::tls::detail::tls13_open_record(kernel_rx, record);  // what kTLS does
+    ++kernel_rx.seq;
+    ASSERT_TRUE(inner);
+    ASSERT_EQ(inner->type, 22);
+    EXPECT_EQ(first.client->absorb_post_handshake(inner->content), Status::Established) << first.client->error();
+  }
+  EXPECT_EQ(cache->size(), 2u);
+  EXPECT_EQ(first.client->rx_keys().seq, 0u) << "absorbed records are not the kernel's";
+  // A KeyUpdate the kernel followed does not disturb OpenSSL's own read keys.
+  first.client->advance_rx_keys();
+  EXPECT_EQ(first.client->status(), Status::Established);
+
+  Pair second = connect(c, s);
+  expect_established(second);
+  EXPECT_TRUE(second.client->info().resumed);
+}
+
+TEST(Resumption, AbsorbBeforeTheKernelReadsIsRefused) {
+  Pair pair = connect(client_settings(), server_settings());
+  expect_established(pair);
+  const std::vector<std::uint8_t> ticket = {4, 0, 0, 0};
+  EXPECT_EQ(pair.client->absorb_post_handshake(ticket), Status::Failed);
+  EXPECT_NE(pair.client->error().find("before the kernel took over"), std::string::npos) << pair.client->error();
+}
 
 TEST(Resumption, WithoutSharedTicketKeysDoesNotResume) {
   auto cache = std::make_shared<SessionCache>(16);
