@@ -258,6 +258,10 @@ Result<ReceivedRecord> recv_record(int fd, std::span<std::uint8_t> buffer, int f
   if (!rx_installed(fd)) {
     return Result<ReceivedRecord>::failure("kTLS RX is not installed on this socket", ENOPROTOOPT);
   }
+  return recv_installed(fd, buffer, flags);
+}
+
+Result<ReceivedRecord> recv_installed(int fd, std::span<std::uint8_t> buffer, int flags) {
   alignas(cmsghdr) unsigned char control[CMSG_SPACE(sizeof(std::uint8_t))] = {};
   iovec iov{buffer.data(), buffer.size()};
   msghdr message{};

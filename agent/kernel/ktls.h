@@ -89,6 +89,9 @@ struct ReceivedRecord {
 // Errors keep their errno: EKEYEXPIRED (peer updated keys, install the next
 // RX key), EBADMSG (authentication failure), EAGAIN (non-blocking).
 Result<ReceivedRecord> recv_record(int fd, std::span<std::uint8_t> buffer, int flags = 0);
+// The same on a socket the caller knows has kTLS RX installed (one system
+// call instead of two, for the relay's data path).
+Result<ReceivedRecord> recv_installed(int fd, std::span<std::uint8_t> buffer, int flags = 0);
 
 // KeyUpdate handshake message body (RFC 8446 §4.6.3), to send with
 // send_record(fd, content_type::handshake, ...).

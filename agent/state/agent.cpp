@@ -535,11 +535,13 @@ std::variant<tls::Settings, bus::BusError> Agent::build_settings(const TlsReques
   if (props.session_cache && mode != "application") {
     settings.session_cache = session_cache_;
     // A resumed session skips peer validation, so only a session that was
-    // validated the same way may be resumed.
+    // validated the same way may be resumed; and one asked for with other
+    // versions would offer a version the caller did not ask for.
     std::string key = request.host + ":" + std::to_string(request.port) + "|sni=" + settings.server_name +
                       "|id=" + decision.identity + "|uid=" + std::to_string(request.caller.uid) +
                       "|iv=" + props.peer_validation + "|store=" + decision.trust_store + "|validator=" +
-                      props.validator;
+                      props.validator + "|versions=" + std::string(tls::to_string(settings.min_version)) + "-" +
+                      std::string(tls::to_string(settings.max_version));
     for (const auto& pin : props.peer_pins) key += "|pin=" + pin;
     settings.session_cache_key = std::move(key);
   }

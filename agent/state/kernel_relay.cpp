@@ -18,19 +18,14 @@ namespace {
 
 // One splice moves at most this much; a pipe holds 64 KiB by default.
 constexpr std::size_t kChunk = 65536;
+// The peer's decrypted data on its way to the application: four full
+// records per recvmsg.
+constexpr std::size_t kInboundBuffer = 4 * 16384;
 // Rounds of splicing per wake-up, so one busy connection cannot hold the
 // event loop.
 constexpr int kRoundsPerWake = 16;
 // How long a terminated relay waits for the peer's close_notify.
 constexpr std::chrono::seconds kLinger{5};
-// A post-handshake message larger than this is refused (a NewSessionTicket
-// is a few hundred bytes; RFC 8446 allows tickets up to 2^16-1).
-constexpr std::size_t kMaxHandshakeMessage = 70000;
-
-constexpr std::uint8_t kNewSessionTicket = 4;
-constexpr std::uint8_t kKeyUpdate = 24;
-constexpr std::uint8_t kHelloRequest = 0;  // TLS 1.2 renegotiation request, refused by ignoring it
-
 bool would_block(int error) { return error == EAGAIN || error == EWOULDBLOCK; }
 
 // Whether the application closed its end altogether (not just its sending side).
@@ -50,16 +45,12 @@ std::unique_ptr<KernelRelay> KernelRelay::create(core::Reactor& reactor, core::U
     return nullptr;
   }
   core::UniqueFd local(pair[0]), application(pair[1]);
-  core::UniqueFd pipes[4];
-  for (int i = 0; i < 2; ++i) {
-    int ends[2];
-    if (::pipe2(ends, O_CLOEXEC | O_NONBLOCK) != 0) {
-      *error = std::string("pipe2: ") + std::strerror(errno);
-      return nullptr;
-    }
-    pipes[2 * i] = core::UniqueFd(ends[0]);
-    pipes[2 * i + 1] = core::UniqueFd(ends[1]);
+  int ends[2];
+  if (::pipe2(ends, O_CLOEXEC | O_NONBLOCK) != 0) {
+    *error = std::string("pipe2: ") + std::strerror(errno);
+    return nullptr;
   }
+  core::UniqueFd outbound_read(ends[0]), outbound_write(ends[1]);
   for (int fd : {tcp.get(), local.get()}) {
     const int flags = ::fcntl(fd, F_GETFL);
     if (flags < 0 || ::fcntl(fd, F_SETFL, flags | O_NONBLOCK) != 0) {
@@ -69,20 +60,21 @@ std::unique_ptr<KernelRelay> KernelRelay::create(core::Reactor& reactor, core::U
   }
   session->hand_reads_to_kernel();
   return std::unique_ptr<KernelRelay>(new KernelRelay(reactor, std::move(tcp), std::move(local),
-                                                      std::move(application), pipes, std::move(session), options,
+                                                      std::move(application), std::move(outbound_read),
+                                                      std::move(outbound_write), std::move(session), options,
                                                       std::move(closed)));
 }
 
 KernelRelay::KernelRelay(core::Reactor& reactor, core::UniqueFd tcp, core::UniqueFd local, core::UniqueFd application,
-                         core::UniqueFd pipes[4], std::unique_ptr<tls::Session> session, Options options, Closed closed)
+                         core::UniqueFd outbound_read, core::UniqueFd outbound_write,
+                         std::unique_ptr<tls::Session> session, Options options, Closed closed)
     : reactor_(reactor),
       tcp_(std::move(tcp)),
       local_(std::move(local)),
       application_fd_(std::move(application)),
-      inbound_read_(std::move(pipes[0])),
-      inbound_write_(std::move(pipes[1])),
-      outbound_read_(std::move(pipes[2])),
-      outbound_write_(std::move(pipes[3])),
+      outbound_read_(std::move(outbound_read)),
+      outbound_write_(std::move(outbound_write)),
+      inbound_(kInboundBuffer),
       session_(std::move(session)),
       options_(options),
       closed_(std::move(closed)) {}
@@ -109,21 +101,18 @@ void KernelRelay::pump() {
   for (int round = 0; round < kRoundsPerWake && !closed_once_; ++round) {
     bool moved = false;
 
-    // Peer -> application. The kernel decrypts into the pipe; a record that
-    // is not data makes splice fail with EINVAL and stays for recvmsg.
-    if (inbound_queued_ > 0 && terminating_) {
-      // Terminated: what the peer still sends is read and dropped.
-      std::uint8_t scratch[16384];
-      ssize_t n = ::read(inbound_read_.get(), scratch, sizeof scratch);
+    // Peer -> application. One recvmsg takes as many data records as the
+    // buffer holds (splice would take one), and stops at a record that is
+    // not data, which it returns alone with its type.
+    if (inbound_queued() > 0 && terminating_) {
+      // Terminated: what the peer still sends is dropped.
+      inbound_begin_ = inbound_end_ = 0;
+      moved = true;
+    } else if (inbound_queued() > 0) {
+      ssize_t n = ::send(local_.get(), inbound_.data() + inbound_begin_, inbound_queued(), MSG_DONTWAIT | MSG_NOSIGNAL);
       if (n > 0) {
-        inbound_queued_ -= static_cast<std::size_t>(n);
-        moved = true;
-      }
-    } else if (inbound_queued_ > 0) {
-      ssize_t n = ::splice(inbound_read_.get(), nullptr, local_.get(), nullptr, inbound_queued_,
-                           SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
-      if (n > 0) {
-        inbound_queued_ -= static_cast<std::size_t>(n);
+        inbound_begin_ += static_cast<std::size_t>(n);
+        if (inbound_begin_ == inbound_end_) inbound_begin_ = inbound_end_ = 0;
         moved = true;
       } else if (n < 0 && errno != EINTR && !would_block(errno)) {
         // The application closed its end: tell the peer properly.
@@ -131,25 +120,27 @@ void KernelRelay::pump() {
         return close("the application closed its socket");
       }
     }
-    if (inbound_queued_ == 0 && !peer_done_) {
-      ssize_t n = ::splice(tcp_.get(), nullptr, inbound_write_.get(), nullptr, kChunk,
-                           SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
-      if (n > 0) {
-        inbound_queued_ = static_cast<std::size_t>(n);
-        bytes_received_ += static_cast<std::uint64_t>(n);
-        moved = true;
-      } else if (n == 0) {
+    if (inbound_queued() == 0 && !peer_done_) {
+      auto record = kernel::recv_installed(tcp_.get(), inbound_, MSG_DONTWAIT);
+      if (!record) {
+        if (record.error_number() != EINTR && !would_block(record.error_number()))
+          return close("receiving from the peer failed: " + record.error());
+      } else if (record.value().content_type == 0 && record.value().length == 0) {
         peer_done_ = true;
         if (peer_end_.empty()) peer_end_ = "the peer closed TCP without close_notify";
         moved = true;
-      } else if (errno == EINVAL) {
-        if (!take_control_record()) return;
+      } else if (record.value().content_type == kernel::content_type::application_data) {
+        inbound_end_ = record.value().length;
+        bytes_received_ += record.value().length;
         moved = true;
-      } else if (errno != EINTR && !would_block(errno)) {
-        return close(std::string("receiving from the peer failed: ") + std::strerror(errno));
+      } else {
+        if (!take_control_record(record.value().content_type,
+                                 std::span<const std::uint8_t>(inbound_.data(), record.value().length)))
+          return;
+        moved = true;
       }
     }
-    if (peer_done_ && inbound_queued_ == 0 && !terminating_) ::shutdown(local_.get(), SHUT_WR);
+    if (peer_done_ && inbound_queued() == 0 && !terminating_) ::shutdown(local_.get(), SHUT_WR);
 
     // Application -> peer. The kernel encrypts what it takes from the pipe.
     if (outbound_queued_ > 0) {
@@ -186,38 +177,13 @@ void KernelRelay::pump() {
   }
   if (application_done_ && sent_close_ && !terminating_ && hung_up(local_.get()))
     return close("the application closed its socket");
-  if (peer_done_ && application_done_ && inbound_queued_ == 0 && outbound_queued_ == 0 && sent_close_)
+  if (peer_done_ && application_done_ && inbound_queued() == 0 && outbound_queued_ == 0 && sent_close_)
     return close(terminating_ ? "terminated on request" : peer_end_.empty() ? "closed by both sides" : peer_end_);
   update_interest();
 }
 
-bool KernelRelay::take_control_record() {
-  std::uint8_t buffer[16640];
-  auto record = kernel::recv_record(tcp_.get(), buffer, MSG_DONTWAIT);
-  if (!record) {
-    if (record.error_number() == EAGAIN || record.error_number() == EINTR) return true;
-    close("receiving a record from the peer failed: " + record.error());
-    return false;
-  }
-  const auto& got = record.value();
-  const std::span<const std::uint8_t> content(buffer, got.length);
-  switch (got.content_type) {
-    case kernel::content_type::application_data: {
-      // Data after all (the record type changed between the calls): queue it.
-      std::size_t written = 0;
-      while (written < content.size()) {
-        ssize_t n = ::write(inbound_write_.get(), content.data() + written, content.size() - written);
-        if (n <= 0) break;
-        written += static_cast<std::size_t>(n);
-      }
-      inbound_queued_ += written;
-      bytes_received_ += written;
-      if (written < content.size()) {
-        close("the application's pipe had no room for a record");
-        return false;
-      }
-      return true;
-    }
+bool KernelRelay::take_control_record(std::uint8_t content_type, std::span<const std::uint8_t> content) {
+  switch (content_type) {
     case kernel::content_type::alert:
       peer_done_ = true;
       if (content.size() == 2 && content[1] == 0) {
@@ -233,34 +199,33 @@ bool KernelRelay::take_control_record() {
       }
       return true;
     case kernel::content_type::handshake:
-      handshake_bytes_.insert(handshake_bytes_.end(), content.begin(), content.end());
+      post_handshake_.add(content);
       return handle_handshake_messages();
     default:
-      close("the peer sent a record of type " + std::to_string(got.content_type));
+      close("the peer sent a record of type " + std::to_string(content_type));
       return false;
   }
 }
 
 bool KernelRelay::handle_handshake_messages() {
-  while (handshake_bytes_.size() >= 4) {
-    const std::size_t length = (std::size_t{handshake_bytes_[1]} << 16) | (std::size_t{handshake_bytes_[2]} << 8) |
-                               handshake_bytes_[3];
-    if (length + 4 > kMaxHandshakeMessage) {
-      close("the peer sent a post-handshake message of " + std::to_string(length) + " bytes");
+  using Messages = tls::PostHandshakeMessages;
+  for (;;) {
+    auto next = post_handshake_.next();
+    if (auto* error = std::get_if<std::string>(&next)) {
+      close(*error);
       return false;
     }
-    if (handshake_bytes_.size() < length + 4) return true;  // the rest comes in the next record
-    const std::vector<std::uint8_t> message(handshake_bytes_.begin(), handshake_bytes_.begin() + 4 + length);
-    handshake_bytes_.erase(handshake_bytes_.begin(), handshake_bytes_.begin() + 4 + length);
-    const std::uint8_t type = message[0];
-    if (type == kNewSessionTicket) {
-      if (session_->absorb_post_handshake(message) == tls::Session::Status::Failed) {
+    auto* message = std::get_if<Messages::Message>(&next);
+    if (message == nullptr) return true;  // the rest comes in the next record
+    if (message->type == Messages::kNewSessionTicket) {
+      if (session_->absorb_post_handshake(message->bytes) == tls::Session::Status::Failed) {
         close("a NewSessionTicket from the peer was refused: " + session_->error());
         return false;
       }
       ++tickets_received_;
-    } else if (type == kKeyUpdate) {
-      if (length != 1 || message[4] > 1 || !handshake_bytes_.empty()) {
+    } else if (message->type == Messages::kKeyUpdate) {
+      const auto update = Messages::parse_key_update(message->bytes);
+      if (!update || post_handshake_.partial()) {
         close("the peer sent a malformed KeyUpdate");
         return false;
       }
@@ -279,21 +244,20 @@ bool KernelRelay::handle_handshake_messages() {
         return false;
       }
       ++peer_key_updates_;
-      core::log::debug("followed the peer's key update", {{"answer", message[4] == 1 ? "yes" : "no"}});
-      if (message[4] == 1) {
+      core::log::debug("followed the peer's key update", {{"answer", update->update_requested ? "yes" : "no"}});
+      if (update->update_requested) {
         if (auto error = update_keys(false)) {
           close("answering the peer's KeyUpdate failed: " + *error);
           return false;
         }
       }
-    } else if (type == kHelloRequest && session_->version() == tls::Version::Tls12) {
+    } else if (message->type == Messages::kHelloRequest && session_->version() == tls::Version::Tls12) {
       // Renegotiation is off: a HelloRequest may be ignored (RFC 5246 §7.4.1.1).
     } else {
-      close("the peer sent post-handshake message " + std::to_string(type) + ", which tapsec does not take");
+      close("the peer sent post-handshake message " + std::to_string(message->type) + ", which tapsec does not take");
       return false;
     }
   }
-  return true;
 }
 
 std::optional<std::string> KernelRelay::flush_outbound() {
@@ -358,10 +322,10 @@ void KernelRelay::terminate() {
 void KernelRelay::update_interest() {
   if (closed_once_) return;
   std::uint32_t tcp_events = 0, local_events = 0;
-  if (!peer_done_ && (inbound_queued_ == 0 || terminating_)) tcp_events |= POLLIN;
+  if (!peer_done_ && (inbound_queued() == 0 || terminating_)) tcp_events |= POLLIN;
   if (outbound_queued_ > 0) tcp_events |= POLLOUT;
   if (!application_done_ && outbound_queued_ == 0) local_events |= POLLIN;
-  if (inbound_queued_ > 0 && !terminating_) local_events |= POLLOUT;
+  if (inbound_queued() > 0 && !terminating_) local_events |= POLLOUT;
   reactor_.modify(tcp_watch_, tcp_events);
   reactor_.modify(local_watch_, local_events);
 }

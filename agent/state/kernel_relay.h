@@ -1,7 +1,10 @@
 // The relayed kernel record layer: kTLS protects the TCP socket, which the
-// agent keeps; the application gets one end of a Unix socketpair. Data is
-// moved between the two by splice() through pipes, so it never enters the
-// agent's memory and every record is encrypted and decrypted by the kernel.
+// agent keeps; the application gets one end of a Unix socketpair. Every
+// record is encrypted and decrypted by the kernel. The application's data
+// goes to the peer by splice() through a pipe, without entering the agent's
+// memory; the peer's decrypted data comes through a buffer of the agent's,
+// because one recvmsg takes many records where splice takes one, and it
+// reports the type of a record that is not data.
 // What is not data never reaches the application:
 //   - NewSessionTickets go to the engine (and so to the session cache);
 //   - a KeyUpdate moves the kernel to the peer's next key (kernels with
@@ -15,11 +18,13 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
 #include "agent/core/reactor.h"
 #include "agent/core/unique_fd.h"
+#include "agent/engines/tls/post_handshake.h"
 #include "agent/engines/tls/tls_engine.h"
 
 namespace tapsec::state {
@@ -62,13 +67,15 @@ class KernelRelay {
 
  private:
   KernelRelay(core::Reactor& reactor, core::UniqueFd tcp, core::UniqueFd local, core::UniqueFd application,
-              core::UniqueFd pipes[4], std::unique_ptr<tls::Session> session, Options options, Closed closed);
+              core::UniqueFd outbound_read, core::UniqueFd outbound_write, std::unique_ptr<tls::Session> session,
+              Options options, Closed closed);
 
   void on_event();
   void pump();
-  // The peer's next record is not data: read it and act on it. False when
-  // the relay closed.
-  bool take_control_record();
+  // The peer sent a record that is not data: act on it. False when the
+  // relay closed.
+  bool take_control_record(std::uint8_t content_type, std::span<const std::uint8_t> content);
+  std::size_t inbound_queued() const { return inbound_end_ - inbound_begin_; }
   bool handle_handshake_messages();
   void finish_sending();  // close_notify and FIN to the peer, once
   // Sends what the outbound pipe holds, waiting up to a second at a time
@@ -81,8 +88,11 @@ class KernelRelay {
   core::UniqueFd tcp_;
   core::UniqueFd local_;           // our end of the socketpair
   core::UniqueFd application_fd_;  // handed to the application
-  // inbound: peer -> application; outbound: application -> peer.
-  core::UniqueFd inbound_read_, inbound_write_, outbound_read_, outbound_write_;
+  // application -> peer
+  core::UniqueFd outbound_read_, outbound_write_;
+  // peer -> application: decrypted data not yet taken by the application
+  std::vector<std::uint8_t> inbound_;
+  std::size_t inbound_begin_ = 0, inbound_end_ = 0;
   std::unique_ptr<tls::Session> session_;
   Options options_;
   Closed closed_;
@@ -90,9 +100,8 @@ class KernelRelay {
   core::Reactor::Id tcp_watch_ = 0;
   core::Reactor::Id local_watch_ = 0;
   core::Reactor::Id linger_timer_ = 0;
-  std::size_t inbound_queued_ = 0;   // bytes in the inbound pipe
   std::size_t outbound_queued_ = 0;  // bytes in the outbound pipe
-  std::vector<std::uint8_t> handshake_bytes_;  // a post-handshake message split across records
+  tls::PostHandshakeMessages post_handshake_;  // the peer's tickets and KeyUpdates
   bool peer_done_ = false;         // close_notify (or a bare FIN) from the peer
   bool application_done_ = false;  // the application shut down its sending side
   bool sent_close_ = false;

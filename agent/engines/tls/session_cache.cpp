@@ -55,9 +55,24 @@ std::size_t SessionCache::forget_if(const std::function<bool(const std::string& 
 
 void SessionCache::store(const std::string& key, SSL_SESSION* session) {
   if (key.empty() || session == nullptr || !SSL_SESSION_is_resumable(session)) return;
-  SSL_SESSION_up_ref(session);
+  // A copy, not a reference: the newest ticket's SSL_SESSION is also the
+  // connection's own, which OpenSSL marks not resumable when the connection
+  // is freed without a close_notify (most are).
+  SSL_SESSION* copy = SSL_SESSION_dup(session);
+  if (copy == nullptr) return;
   std::lock_guard lock(mutex_);
-  entries_.push_front(Entry{key, session});
+  entries_.push_front(Entry{key, copy});
+  // A peer may send any number of tickets: beyond a few per key the oldest
+  // go, so that one server cannot push other peers' sessions out.
+  std::size_t kept = 0;
+  for (auto it = entries_.begin(); it != entries_.end();) {
+    if (it->key == key && ++kept > kSessionsPerKey) {
+      SSL_SESSION_free(it->session);
+      it = entries_.erase(it);
+    } else {
+      ++it;
+    }
+  }
   evict_locked();
 }
 

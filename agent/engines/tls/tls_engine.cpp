@@ -371,14 +371,19 @@ struct SessionCallbacks {
     if (session == nullptr) return 0;
     const Settings& settings = session->impl_->settings;
     if (settings.session_cache) settings.session_cache->store(settings.session_cache_key, new_session);
-    return 0;  // the cache took its own reference
+    return 0;  // the cache keeps its own copy
   }
 
   static int on_ticket_key(SSL* ssl, unsigned char key_name[16], unsigned char iv[16], EVP_CIPHER_CTX* cipher_ctx,
                            EVP_MAC_CTX* mac_ctx, int encrypt) {
     Session* session = from(ssl);
     if (session == nullptr || !session->impl_->settings.ticket_keys) return -1;
-    return session->impl_->settings.ticket_keys->handle_ticket(key_name, iv, cipher_ctx, mac_ctx, encrypt);
+    const int result = session->impl_->settings.ticket_keys->handle_ticket(key_name, iv, cipher_ctx, mac_ctx, encrypt);
+    // A TLS 1.3 ticket is used once (RFC 8446 §C.4), so a client that
+    // resumed needs a new one: ask OpenSSL to issue it ("renew"), which it
+    // otherwise does only for tickets under an old key.
+    if (!encrypt && result == 1 && SSL_version(ssl) == TLS1_3_VERSION) return 2;
+    return result;
   }
 
   // An SSL_SESSION standing for the external PSK (TLS 1.3, SHA-256 suite).

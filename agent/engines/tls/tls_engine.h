@@ -98,8 +98,13 @@ struct ExternalPsk {
 // peer, port, identity and validation policy). Least recently stored entries
 // are evicted beyond capacity; expired or non-resumable sessions are dropped
 // when looked up. A TLS 1.3 ticket is used once; a TLS 1.2 session stays.
+// A key holds at most kSessionsPerKey entries, the newest: enough for 64
+// connections at once to one server to resume, few enough that one server
+// sending tickets without end cannot push the other peers' sessions out.
 class SessionCache {
  public:
+  static constexpr std::size_t kSessionsPerKey = 64;
+
   explicit SessionCache(std::size_t capacity = 1024);
   ~SessionCache();
   SessionCache(const SessionCache&) = delete;
@@ -122,7 +127,7 @@ class SessionCache {
     std::string key;
     SSL_SESSION* session;  // one reference owned by the cache
   };
-  void store(const std::string& key, SSL_SESSION* session);  // takes a new reference
+  void store(const std::string& key, SSL_SESSION* session);  // keeps a copy
   SSL_SESSION* take(const std::string& key);                 // caller owns the returned reference
   void evict_locked();
 

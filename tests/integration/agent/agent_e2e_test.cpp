@@ -414,19 +414,7 @@ int recv_record_type(int fd, std::uint8_t* data, std::size_t size, ssize_t* leng
   return -1;
 }
 
-bool agent_has_feature(const std::string& feature) {
-  char** features = nullptr;
-  if (sd_bus_get_property_strv(AgentTest::bus_of_agent(), "org.tapsec1", "/org/tapsec1", "org.tapsec1.Manager",
-                               "KernelFeatures", nullptr, &features) < 0)
-    return false;
-  bool found = false;
-  for (char** f = features; f && *f; ++f) {
-    found = found || feature == *f;
-    free(*f);
-  }
-  free(features);
-  return found;
-}
+bool agent_has_feature(const std::string& feature) { return AgentTest::agent()->has_kernel_feature(feature); }
 
 TEST_F(AgentTest, TerminateSendsCloseNotifyAndBothReadEndOfFile) {
   auto pair = secure_pair(kClient, kServer);

@@ -158,7 +158,8 @@ AgentProcess::AgentProcess(const std::string& policy_text, std::vector<std::stri
                                  "<limit name=\"max_replies_per_connection\">100000</limit>"
                                  "</busconfig>\n");
   bus_pid_ = spawn({"dbus-daemon", "--config-file=" + dir_ + "/bus.conf", "--nofork", "--nopidfile"});
-  for (int i = 0; i < 200 && access((dir_ + "/bus").c_str(), F_OK) != 0; ++i) {
+  // Up to 20 s: a guest under TCG on a busy host can take seconds to start it.
+  for (int i = 0; i < 2000 && access((dir_ + "/bus").c_str(), F_OK) != 0; ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
 
@@ -354,6 +355,20 @@ std::size_t AgentProcess::agent_fd_count() const {
     closedir(d);
   }
   return count;
+}
+
+bool AgentProcess::has_kernel_feature(const std::string& feature) {
+  char** features = nullptr;
+  if (sd_bus_get_property_strv(bus_, "org.tapsec1", "/org/tapsec1", "org.tapsec1.Manager", "KernelFeatures", nullptr,
+                               &features) < 0)
+    return false;
+  bool found = false;
+  for (char** f = features; f && *f; ++f) {
+    found = found || feature == *f;
+    free(*f);
+  }
+  free(features);
+  return found;
 }
 
 std::pair<int, int> tcp_pair() {

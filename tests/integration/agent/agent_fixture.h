@@ -62,6 +62,8 @@ class AgentProcess {
   std::vector<std::uint8_t> export_keying_material(const std::string& path, const std::string& label,
                                                     std::uint32_t length, std::string* error_name);
   std::size_t agent_fd_count() const;
+  // Whether Manager.KernelFeatures names `feature` ("ktls-rekey", ...).
+  bool has_kernel_feature(const std::string& feature);
   // Manager.FlushSessionCache(); returns the entries removed, or -1.
   long flush_session_cache();
 

@@ -711,6 +711,46 @@ TEST(Resumption, RotatedTicketKeysStillResumeOnceThenForget) {
   EXPECT_EQ(ticket_keys->generation(), 3u);
 }
 
+// Each resumed handshake brings a new ticket, and the cache keeps it: a run
+// of connections resumes every time after the first, never falling back to
+// a full handshake for want of a ticket.
+TEST(Resumption, ARunOfConnectionsResumesEveryTimeAfterTheFirst) {
+  auto cache = std::make_shared<SessionCache>(16);
+  Settings c = client_settings();
+  c.session_cache = cache;
+  c.session_cache_key = "k";
+  Settings s = server_settings();
+  s.ticket_keys = TicketKeys::generate();
+  for (int i = 0; i < 6; ++i) {
+    Pair pair = connect(c, s);
+    expect_established(pair);
+    EXPECT_EQ(pair.client->info().resumed, i > 0) << "connection " << i;
+    deliver(*pair.server, *pair.client);
+    EXPECT_GE(cache->size(), 1u) << "connection " << i << " left no ticket";
+  }
+}
+
+// However many tickets one server sends, it holds at most kSessionsPerKey
+// places, the newest; other peers' sessions stay.
+TEST(SessionCacheTest, OnePeerKeepsOnlyItsNewestFewSessions) {
+  auto cache = std::make_shared<SessionCache>(4 * SessionCache::kSessionsPerKey);
+  Settings c = client_settings();
+  c.session_cache = cache;
+  c.session_cache_key = "other";
+  Pair other = connect(c, server_settings());
+  deliver(*other.server, *other.client);
+  ASSERT_EQ(cache->size(), 2u);
+  c.session_cache_key = "flooding";
+  // Without shared ticket keys nothing resumes: each connection uses one
+  // ticket and brings two.
+  for (std::size_t i = 0; i < SessionCache::kSessionsPerKey + 2; ++i) {
+    Pair pair = connect(c, server_settings());
+    deliver(*pair.server, *pair.client);
+  }
+  EXPECT_EQ(cache->forget("flooding"), SessionCache::kSessionsPerKey);
+  EXPECT_EQ(cache->forget("other"), 2u);
+}
+
 TEST(SessionCacheTest, CapacityAndFlush) {
   auto cache = std::make_shared<SessionCache>(8);
   Settings c = client_settings();
