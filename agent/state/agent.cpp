@@ -15,6 +15,7 @@
 
 #include "agent/bus/errors.h"
 #include "agent/core/log.h"
+#include "agent/engines/tls/post_handshake.h"
 #include "agent/kernel/ktls.h"
 #include "agent/kernel/socket_info.h"
 #include "agent/kernel/socket_locator.h"
@@ -22,8 +23,6 @@
 
 namespace tapsec::state {
 namespace {
-
-constexpr std::uint8_t kKeyUpdateMessage = 24;  // RFC 8446 §4.6.3
 
 bus::BusError make_error(const char* short_name, std::string message) {
   return bus::error::named(short_name, std::move(message));
@@ -820,10 +819,16 @@ std::variant<Agent::PeerKeyUpdate, bus::BusError> Agent::follow_peer_key_update(
   // The peer's KeyUpdate is either still at the head of the stream (the
   // application met it as EIO) or already taken by the application, in
   // which case the kernel has paused receiving (EKEYEXPIRED).
+  // A record that holds more than the KeyUpdate is not followed here (the
+  // relayed mode splits such records; this socket is the application's).
   std::uint8_t head[16];
   auto peeked = kernel::recv_record(fd, head, MSG_PEEK | MSG_DONTWAIT);
-  bool waiting_record = peeked && peeked.value().content_type == kernel::content_type::handshake &&
-                        peeked.value().length >= 5 && head[0] == kKeyUpdateMessage;
+  std::optional<tls::PostHandshakeMessages::KeyUpdate> update;
+  if (peeked && peeked.value().content_type == kernel::content_type::handshake) {
+    update = tls::PostHandshakeMessages::parse_key_update(
+        std::span<const std::uint8_t>(head, std::min<std::size_t>(peeked.value().length, sizeof head)));
+  }
+  bool waiting_record = update.has_value();
   bool paused = !peeked && peeked.error_number() == EKEYEXPIRED;
   if (!waiting_record && !paused) return PeerKeyUpdate::None;
   if (!capabilities_.ktls_rx_rekey) {
@@ -833,7 +838,7 @@ std::variant<Agent::PeerKeyUpdate, bus::BusError> Agent::follow_peer_key_update(
   if (waiting_record) {
     auto taken = kernel::recv_record(fd, head, MSG_DONTWAIT);
     if (!taken) return make_error("Internal", "reading the peer's KeyUpdate: " + taken.error());
-    asked = head[4] == 1;  // update_requested
+    asked = update->update_requested;
   }
   a.session->advance_rx_keys();
   if (auto e = kernel::install_rx(fd, a.session->rx_keys())) {

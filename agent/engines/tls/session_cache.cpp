@@ -62,8 +62,9 @@ void SessionCache::store(const std::string& key, SSL_SESSION* session) {
   if (copy == nullptr) return;
   std::lock_guard lock(mutex_);
   entries_.push_front(Entry{key, copy});
-  // A peer may send any number of tickets: beyond a few per key the oldest
-  // go, so that one server cannot push other peers' sessions out.
+  // A peer may send any number of tickets: beyond kSessionsPerKey the
+  // oldest of its key go, so that one server cannot push other peers'
+  // sessions out.
   std::size_t kept = 0;
   for (auto it = entries_.begin(); it != entries_.end();) {
     if (it->key == key && ++kept > kSessionsPerKey) {
