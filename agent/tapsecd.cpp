@@ -4,9 +4,11 @@
 #include <signal.h>
 #include <systemd/sd-daemon.h>
 
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <string>
 
 #include "agent/bus/bus_service.h"
@@ -40,6 +42,9 @@ void usage(FILE* out) {
       "  --wg-exchange-max-buffered BYTES\n"
       "                                 what a peer may send before it is authenticated, and\n"
       "                                 hold buffered after (default 32768, 4096-1048576)\n"
+      "  --ike-retransmit-timeout-ms MS  first resend of an unanswered IKE request (default 1000,\n"
+      "                                 100-60000); each later one comes 1.8 times as late\n"
+      "  --ike-retransmits N            resends before the peer counts as dead (default 5, 0-20)\n"
       "  --wireguard-go PROGRAM         userspace WireGuard for Fallback=yes tunnels (default wireguard-go)\n"
       "  --wg-stale-after SECONDS       look a peer's host name up again once its last handshake is\n"
       "                                 this old (default 135)\n"
@@ -54,7 +59,7 @@ void usage(FILE* out) {
       "  --version\n"
       "\n"
       "tapsecd needs CAP_NET_ADMIN (XFRM, WireGuard devices), CAP_NET_BIND_SERVICE (UDP 500) and,\n"
-      "for kernel-offloaded TLS on sockets applications hold, CAP_SYS_PTRACE (pidfd_getfd); run\n"
+      "for TLS with direct-socket only, CAP_SYS_PTRACE (pidfd_getfd); run\n"
       "it as its own user with those as ambient capabilities (packaging/systemd/tapsecd.service).\n"
       "It logs the capabilities it holds; a feature missing one says so. It makes itself\n"
       "non-dumpable (no core file, no ptrace). Policy, key and certificate files must be owned by\n"
@@ -91,6 +96,8 @@ int main(int argc, char** argv) {
       {"wg-exchange-max-per-source", required_argument, nullptr, 'S'},
       {"wg-exchange-handshake-timeout", required_argument, nullptr, 'T'},
       {"wg-exchange-max-buffered", required_argument, nullptr, 'B'},
+      {"ike-retransmit-timeout-ms", required_argument, nullptr, 'R'},
+      {"ike-retransmits", required_argument, nullptr, 'r'},
       {"help", no_argument, nullptr, 'h'},          {nullptr, 0, nullptr, 0}};
   const CountOption counts[] = {
       {"--max-handshakes", &options.handshakes.total},   {"--max-handshakes-per-caller", &options.handshakes.per_key},
@@ -132,6 +139,23 @@ int main(int argc, char** argv) {
         else if (c == 'S') limits.max_per_source = value;
         else if (c == 'T') limits.handshake_timeout = std::chrono::seconds(value);
         else limits.max_buffered = value;
+        break;
+      }
+      case 'R':
+      case 'r': {
+        // As strongSwan's retransmit_timeout and retransmit_tries: the first
+        // resend after the timeout, each later one 1.8 times as late.
+        const bool timeout = c == 'R';
+        const unsigned long least = timeout ? 100 : 0, most = timeout ? 60000 : 20;
+        char* end = nullptr;
+        unsigned long value = std::strtoul(optarg, &end, 10);
+        if (!*optarg || *end || value < least || value > most) {
+          std::fprintf(stderr, "tapsecd: --%s wants %lu to %lu, not \"%s\"\n",
+                       timeout ? "ike-retransmit-timeout-ms" : "ike-retransmits", least, most, optarg);
+          return 2;
+        }
+        if (timeout) options.ike.retransmit.initial_timeout = std::chrono::milliseconds(value);
+        else options.ike.retransmit.tries = static_cast<unsigned>(value);
         break;
       }
       case 'i':
@@ -223,13 +247,30 @@ int main(int argc, char** argv) {
   reactor.on_signal(SIGTERM, [&] { core::log::info("SIGTERM: shutting down"); reactor.stop(); });
   reactor.on_signal(SIGINT, [&] { core::log::info("SIGINT: shutting down"); reactor.stop(); });
   reactor.on_signal(SIGHUP, [&] {
+    sd_notify(0, "RELOADING=1\nSTATUS=reloading the policy");
     std::string reload_error;
     if (agent.load_policy(&reload_error)) {
       core::log::info("policy reloaded");
+      sd_notify(0, "READY=1\nSTATUS=serving org.tapsec1");
     } else {
       core::log::error("policy reload failed; keeping the previous policy", {{"errors", reload_error}});
+      sd_notify(0, "READY=1\nSTATUS=serving org.tapsec1; the last policy reload failed, see the log");
     }
   });
+
+  // The unit's watchdog is answered from the event loop itself, so a loop
+  // that stops turning gets the agent restarted.
+  std::uint64_t watchdog_usec = 0;
+  std::function<void()> pet_watchdog;
+  if (sd_watchdog_enabled(0, &watchdog_usec) > 0 && watchdog_usec > 0) {
+    const auto interval = std::chrono::microseconds(watchdog_usec / 2);
+    pet_watchdog = [&reactor, &pet_watchdog, interval] {
+      sd_notify(0, "WATCHDOG=1");
+      reactor.add_timer(interval, pet_watchdog);
+    };
+    reactor.add_timer(interval, pet_watchdog);
+    core::log::info("watchdog", {{"interval-ms", std::to_string(watchdog_usec / 2000)}});
+  }
 
   sd_notify(0, "READY=1\nSTATUS=serving org.tapsec1");
   core::log::info("tapsecd ready", {{"bus", bus_spec}, {"policy", options.policy_dir}});

@@ -98,8 +98,13 @@ void probe_module_loading(KernelCapabilities& caps, const std::string& modules_d
     return;
   }
   if (modules_dir.empty()) {
-    caps.notes.push_back("no /lib/modules/" + caps.kernel_release +
-                         ": modules for this kernel are not installed");
+    struct stat info {};
+    const bool hidden = ::stat(("/lib/modules/" + caps.kernel_release).c_str(), &info) != 0 && errno == EACCES;
+    caps.notes.push_back(hidden ? "the kernel's module tree is hidden from the agent (ProtectKernelModules= in its "
+                                  "unit): what is not loaded already is loaded by the kernel on first use or at boot "
+                                  "(modules-load.d)"
+                                : "no /lib/modules/" + caps.kernel_release +
+                                      ": modules for this kernel are not installed");
     return;
   }
   caps.module_loading = true;

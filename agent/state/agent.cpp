@@ -214,6 +214,7 @@ void Agent::connect(const bus::CallerCredentials& caller, const std::string& hos
   // no lookup and no connection, whatever the address would have been.
   auto decision = decide(request, is_ip_literal(host) ? host : std::string(), !is_ip_literal(host));
   if (!decision.allowed) return deny(request, decision);
+  if (auto refused = refuse_direct_socket(request.props)) return request.done(std::move(*refused));
 
   auto [slot, refusal] = connect_quota_.acquire(caller.uid);
   if (auto refused = refuse_over_limit(refusal, connect_quota_, caller.uid, "Connects", "--max-connects"))
@@ -319,8 +320,16 @@ void Agent::connect_next_address(std::uint64_t id) {
                    (raw->last_error.empty() ? std::string() : ": " + raw->last_error));
 }
 
+std::optional<bus::BusError> Agent::refuse_direct_socket(const bus::SecurityProperties& props) const {
+  if (!props.direct_socket || options_.may_take_back_sockets) return std::nullopt;
+  return make_error("NotSupported",
+                    "direct-socket needs CAP_SYS_PTRACE, which this tapsecd does not hold (the packaged unit leaves it "
+                    "out: see tapsecd(8)); ask without direct-socket for the relayed socket");
+}
+
 std::optional<bus::BusError> Agent::check_offload_possible(const bus::SecurityProperties& props,
                                                            const policy::Decision& decision) const {
+  if (auto refused = refuse_direct_socket(props)) return refused;
   if (capabilities_.ktls) return std::nullopt;
   if (props.offload == "required") {
     return make_error("KernelUnsupported",

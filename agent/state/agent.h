@@ -42,6 +42,11 @@ struct AgentOptions {
   core::Quota<uid_t>::Limits handshakes{.total = 256, .per_key = 32};
   core::Quota<uid_t>::Limits connects{.total = 128, .per_key = 16};
   core::Resolver::Limits resolver;
+  // Whether the agent can take a socket back from the application that
+  // holds it (pidfd_getfd, which needs CAP_SYS_PTRACE): without it,
+  // direct-socket TLS is refused, since its key update, termination and key
+  // expiry could not reach the socket.
+  bool may_take_back_sockets = true;
 };
 
 class Agent : public bus::Backend {
@@ -118,6 +123,8 @@ class Agent : public bus::Backend {
   void finish_handshake(std::uint64_t id, const HandshakeFailure* failure);
   std::variant<tls::Settings, bus::BusError> build_settings(const TlsRequest& request,
                                                             const policy::Decision& decision);
+  // direct-socket without the means to take the socket back.
+  std::optional<bus::BusError> refuse_direct_socket(const bus::SecurityProperties& props) const;
   std::optional<bus::BusError> check_offload_possible(const bus::SecurityProperties& props,
                                                       const policy::Decision& decision) const;
   void validate_with_application(const bus::CallerCredentials& caller, const std::string& validator,

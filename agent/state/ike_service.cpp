@@ -699,8 +699,12 @@ struct IkeService::Impl : ikev2::ConfigSelector {
     entry.config_error = resolve(entry);
     if (entry.config_error.empty()) {
       auto built = build_ike_config(*policy, entry.tunnel, entry.local);
-      if (auto* e = std::get_if<std::string>(&built)) entry.config_error = *e;
-      else entry.config = std::get<std::shared_ptr<ikev2::IkeConfig>>(built);
+      if (auto* e = std::get_if<std::string>(&built)) {
+        entry.config_error = *e;
+      } else {
+        entry.config = std::get<std::shared_ptr<ikev2::IkeConfig>>(built);
+        entry.config->retransmit = options.retransmit;
+      }
     }
     if (!entry.config_error.empty())
       core::log::error("tunnel unusable",
@@ -922,6 +926,7 @@ void IkeService::establish_tunnel(const bus::CallerCredentials& caller, const st
     auto built = build_ike_config(*s.policy, adhoc.tunnel, adhoc.local);
     if (auto* e = std::get_if<std::string>(&built)) return done(make_error("InvalidArgument", *e));
     adhoc.config = std::get<std::shared_ptr<ikev2::IkeConfig>>(built);
+    adhoc.config->retransmit = s.options.retransmit;
   }
   if (!entry->config) return done(make_error("InvalidArgument", "tunnel \"" + peer + "\" is unusable: " + entry->config_error));
   if (auto e = s.check_ready()) return done(*e);

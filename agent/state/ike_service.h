@@ -19,6 +19,7 @@
 #include "agent/bus/backend.h"
 #include "agent/core/reactor.h"
 #include "agent/core/resolver.h"
+#include "agent/engines/ikev2/ike_engine.h"
 #include "agent/kernel/capability.h"
 #include "tapsec/policy.h"
 
@@ -30,6 +31,9 @@ struct IkeOptions {
   // Why IKE is off when the agent turned it off itself (ike_port 0 for lack
   // of a capability); callers of EstablishTunnel are told this.
   std::string off_reason;
+  // When an unanswered request is sent again, and how often before the
+  // peer counts as dead (tapsecd --ike-retransmit-timeout-ms, --ike-retransmits).
+  ikev2::RetransmitSettings retransmit;
 };
 
 class IkeService {

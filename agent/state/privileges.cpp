@@ -35,10 +35,12 @@ void check_privileges(AgentOptions& options) {
     core::log::warning(
         "WireGuard tunnels cannot start: creating a WireGuard device (kernel, or wireguard-go's TUN) needs "
         "CAP_NET_ADMIN");
-  if (!privileges.has(CAP_SYS_PTRACE))
+  if (!privileges.has(CAP_SYS_PTRACE)) {
+    options.may_take_back_sockets = false;
     core::log::notice(
-        "without CAP_SYS_PTRACE, key update, termination and key expiry of kernel-offloaded TLS may fail for "
-        "sockets applications hold: taking such a socket back (pidfd_getfd) needs ptrace access to the application");
+        "TLS with direct-socket is off: taking a socket back from the application that holds it (pidfd_getfd, for "
+        "its key update, termination and key expiry) needs CAP_SYS_PTRACE; relayed sockets need nothing more");
+  }
 }
 
 }  // namespace tapsec::state

@@ -18,10 +18,11 @@ build=${1:?build dir}
 here=$(cd "$(dirname "$0")" && pwd)
 source=$(cd "$here/../.." && pwd)
 [[ $(id -u) -eq 0 ]] || { echo "SKIPPED: needs root (creates a user, changes owners)" >&2; exit 77; }
-for tool in setpriv useradd unshare nsenter strace dbus-daemon openssl; do
+for tool in setpriv useradd unshare nsenter strace dbus-daemon openssl busctl; do
   command -v $tool >/dev/null || { echo "SKIPPED: $tool is not installed" >&2; exit 77; }
 done
 source "$here/lib/private-bus.sh"
+source "$here/lib/test-pki.sh"
 
 dir=$(mktemp -d /tmp/tapsec-privilege.XXXXXX)
 chmod 0755 "$dir"  # the agent's user reaches its policy and the bus below it
@@ -49,17 +50,8 @@ ctl() { "$build/dbus/tapsecctl/tapsecctl" --bus "$bus" "$@"; }
 
 # A test CA and a server certificate (root's, public; the server's key is
 # the test server's, not the agent's).
-mkdir "$dir/pki"
-(
-  cd "$dir/pki" || exit 1
-  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ca.key -out ca.pem -days 2 \
-    -subj /CN=tapsec-privilege-ca 2>/dev/null &&
-    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout server.key -out server.csr \
-      -subj /CN=server.test 2>/dev/null &&
-    printf 'subjectAltName=DNS:server.test\n' >server.ext &&
-    openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 2 \
-      -extfile server.ext 2>/dev/null
-) || fail "cannot make the test certificates"
+{ test_pki_ca "$dir/pki" tapsec-privilege-ca && test_pki_cert "$dir/pki" server.test DNS:server.test; } ||
+  fail "cannot make the test certificates"
 chmod 0644 "$dir/pki/ca.pem"
 
 # A policy the agent's user owns: a rule for TLS with the test CA, and a
@@ -109,7 +101,7 @@ echo "capabilities: $(grep -o 'capabilities=[^ ]*' "$dir/tapsecd.log")"
 # A TLS connection the agent secures (userspace fallback where the kernel
 # lacks kTLS) to a test server in the agent's network namespace.
 in_agent_netns() { nsenter --net="/proc/$agent/ns/net" "$@"; }
-in_agent_netns openssl s_server -accept 127.0.0.1:4433 -cert "$dir/pki/server.pem" -key "$dir/pki/server.key" \
+in_agent_netns openssl s_server -accept 127.0.0.1:4433 -cert "$dir/pki/server.test.pem" -key "$dir/pki/server.test.key" \
   -rev -quiet -naccept 1 >/dev/null 2>"$dir/server.log" &
 server=$!
 sleep 0.5
@@ -119,6 +111,15 @@ in_agent_netns "$build/dbus/exec/tapsec-exec" --bus "$bus" --connect 127.0.0.1:4
 wait $server 2>/dev/null
 grep -q degelivirp "$dir/reply" || fail "no reply through the secured connection: $(cat "$dir/reply")"
 echo "TLS through the agent: $(tail -1 "$dir/reply")"
+
+# Without CAP_SYS_PTRACE, direct-socket (the application keeping the kTLS
+# socket, which the agent would have to take back from it) is refused with
+# the reason once policy allowed the request, before any connection is made.
+# (SecureSocket takes the same check; busctl cannot pass a descriptor.)
+direct=$(busctl --address="$bus" call org.tapsec1 /org/tapsec1 org.tapsec1.Manager Connect 'sqa{sv}' 127.0.0.1 4433 1 \
+  direct-socket b true 2>&1) && fail "Connect with direct-socket succeeded: $direct"
+[[ $direct == *"direct-socket needs CAP_SYS_PTRACE"* ]] || fail "Connect with direct-socket: $direct"
+echo "direct-socket refused: $direct"
 
 # 2. Not dumpable, with capabilities and without: the kernel itself makes a
 # process that gained capabilities at exec non-dumpable, so the run without

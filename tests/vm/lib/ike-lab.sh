@@ -6,6 +6,7 @@
 #
 #   ike_need_tapsec                  exit 77 unless tapsecd and tapsecctl are built
 #   tapsec_start HOST DIR            private dbus-daemon + tapsecd in HOST's namespace
+#                                    (with $TAPSEC_AGENT_ARGS, if set)
 #   tapsec_ctl HOST ARGS...          tapsecctl against HOST's agent
 #   tapsec_policy_tunnel DIR NAME key=value...   policy file with [Tunnel], [PSK] or identity, [Rule]
 #   tapsec_assocs HOST               associations, one line each (see below)
@@ -35,8 +36,10 @@ tapsec_start() {
   mkdir -p "$dir/policy.d"
   chmod 700 "$dir/policy.d"
   private_bus_start "$dir" || return 1
+  # TAPSEC_AGENT_ARGS: more options for every agent of the lab (words).
+  # shellcheck disable=SC2086
   ipsec_on "$host" "$TAPSECD" --bus "unix:path=$dir/bus" --policy-dir "$dir/policy.d" --log-level "${TAPSEC_LOG_LEVEL:-debug}" \
-    2>"$dir/tapsecd.log" &
+    ${TAPSEC_AGENT_ARGS:-} 2>"$dir/tapsecd.log" &
   echo $! >"$dir/tapsecd.pid"
   TAPSEC_DIR[$host]=$dir
   ipsec_at_exit _tapsec_stop "$dir"

@@ -13,7 +13,7 @@ if [[ ! -x $selftest ]]; then
     echo "missing $selftest: build the ktls-selftest target" >&2
     exit 1
 fi
-megabytes=${TAPSEC_KTLS_MEGABYTES:-64}
+megabytes=${TAPSEC_KTLS_MEGABYTES:-16}  # about a thousand full records each way
 
 release=$(uname -r)
 case $release in
