@@ -175,10 +175,13 @@ void KernelRelay::pump() {
       close("terminated on request");
     });
   }
-  if (application_done_ && sent_close_ && !terminating_ && hung_up(local_.get()))
-    return close("the application closed its socket");
+  // Both sides done comes first: an application that closes as soon as it
+  // read the end must not hide why the peer ended (a KeyUpdate 6.1 cannot
+  // follow, an alert).
   if (peer_done_ && application_done_ && inbound_queued() == 0 && outbound_queued_ == 0 && sent_close_)
     return close(terminating_ ? "terminated on request" : peer_end_.empty() ? "closed by both sides" : peer_end_);
+  if (application_done_ && sent_close_ && !terminating_ && hung_up(local_.get()))
+    return close("the application closed its socket");
   update_interest();
 }
 
