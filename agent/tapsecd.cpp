@@ -4,6 +4,7 @@
 #include <signal.h>
 #include <systemd/sd-daemon.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -263,13 +264,15 @@ int main(int argc, char** argv) {
   std::uint64_t watchdog_usec = 0;
   std::function<void()> pet_watchdog;
   if (sd_watchdog_enabled(0, &watchdog_usec) > 0 && watchdog_usec > 0) {
-    const auto interval = std::chrono::microseconds(watchdog_usec / 2);
+    // Half the deadline, but never a busy loop for a tiny WATCHDOG_USEC.
+    const auto interval = std::max<std::chrono::microseconds>(std::chrono::microseconds(watchdog_usec / 2),
+                                                              std::chrono::milliseconds(1));
     pet_watchdog = [&reactor, &pet_watchdog, interval] {
       sd_notify(0, "WATCHDOG=1");
       reactor.add_timer(interval, pet_watchdog);
     };
     reactor.add_timer(interval, pet_watchdog);
-    core::log::info("watchdog", {{"interval-ms", std::to_string(watchdog_usec / 2000)}});
+    core::log::info("watchdog", {{"interval-ms", std::to_string(interval.count() / 1000)}});
   }
 
   sd_notify(0, "READY=1\nSTATUS=serving org.tapsec1");

@@ -690,22 +690,30 @@ std::variant<Proposal, ProposalParseError> parse_proposal(std::string_view text,
   return proposal;
 }
 
+namespace {
+// The defaults are constant: parse them once, hand out copies (every
+// IkeConfig and ChildConfig starts from them).
+std::vector<Proposal> numbered(std::initializer_list<std::string_view> texts, ProtocolId protocol) {
+  std::vector<Proposal> proposals;
+  for (std::string_view text : texts) {
+    proposals.push_back(must_parse(text, protocol));
+    proposals.back().number = static_cast<std::uint8_t>(proposals.size());
+  }
+  return proposals;
+}
+}  // namespace
+
 std::vector<Proposal> default_ike_proposals() {
-  std::vector<Proposal> proposals{
-      must_parse("aes256gcm16-aes128gcm16-chacha20poly1305-prfsha384-prfsha256-x25519-ecp256-ecp384-modp2048",
-                 ProtocolId::Ike),
-      must_parse("aes256-aes128-sha256-sha384-x25519-ecp256-modp2048", ProtocolId::Ike),
-  };
-  for (std::size_t i = 0; i < proposals.size(); ++i) proposals[i].number = static_cast<std::uint8_t>(i + 1);
+  static const std::vector<Proposal> proposals = numbered(
+      {"aes256gcm16-aes128gcm16-chacha20poly1305-prfsha384-prfsha256-x25519-ecp256-ecp384-modp2048",
+       "aes256-aes128-sha256-sha384-x25519-ecp256-modp2048"},
+      ProtocolId::Ike);
   return proposals;
 }
 
 std::vector<Proposal> default_esp_proposals() {
-  std::vector<Proposal> proposals{
-      must_parse("aes256gcm16-aes128gcm16-chacha20poly1305-esn-noesn", ProtocolId::Esp),
-      must_parse("aes256-aes128-sha256", ProtocolId::Esp),
-  };
-  for (std::size_t i = 0; i < proposals.size(); ++i) proposals[i].number = static_cast<std::uint8_t>(i + 1);
+  static const std::vector<Proposal> proposals =
+      numbered({"aes256gcm16-aes128gcm16-chacha20poly1305-esn-noesn", "aes256-aes128-sha256"}, ProtocolId::Esp);
   return proposals;
 }
 

@@ -114,9 +114,14 @@ int tapsec_props_append(const tapsec_props *props, struct sd_bus_message *messag
 /*
  * Hands a connected TCP socket to the agent, which runs the handshake in the
  * given role ("client" or "server") and returns a socket to use from now on
- * in *out_fd (the caller owns it): the same socket with kTLS installed, or
- * one end of a socketpair the agent protects when the kernel lacks kTLS and
- * policy allows that. The caller keeps ownership of fd and should close it
+ * in *out_fd (the caller owns it): by default one end of a Unix socketpair
+ * whose other end the agent joins to the protected socket it keeps (kTLS,
+ * or its own record layer where the kernel lacks kTLS and policy allows);
+ * no read() on it fails on a record that is not data, and the peer's
+ * close_notify reads as end of file. With props "direct-socket" true, the
+ * same socket with kTLS installed (an agent without CAP_SYS_PTRACE, as
+ * packaged, answers NotSupported); dbus/API.md says what a program sees in
+ * each mode. The caller keeps ownership of fd and should close it
  * once *out_fd is in use. *out_association_path (may be NULL) receives the
  * association's object path (free()).
  *
