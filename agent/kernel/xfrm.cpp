@@ -4,6 +4,7 @@
 #include <netinet/udp.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -238,6 +239,63 @@ Result<Unit> XfrmSocket::delete_policy(const TrafficSelector& source, const Traf
                                  outcome->error_number);
   }
   return done();
+}
+
+Result<Leftovers> XfrmSocket::remove_leftovers() {
+  using R = Result<Leftovers>;
+  std::vector<detail::DumpedSa> sas;
+  NlMsgPtr sa_dump = detail::build_dump(XFRM_MSG_GETSA);
+  if (!sa_dump) return R::failure("dump XFRM SAs: out of memory", ENOMEM);
+  auto dumped = impl_->channel.dump(std::move(sa_dump), [&sas](const nlmsghdr* message) -> Result<Unit> {
+    auto sa = detail::read_dumped_sa(message);
+    if (!sa) return Result<Unit>::failure(sa.error(), sa.error_number());
+    if (sa.value() && is_agent_reqid(sa.value()->reqid)) sas.push_back(*sa.value());
+    return done();
+  });
+  if (!dumped) return R::failure("dump XFRM SAs: " + dumped.error(), dumped.error_number());
+
+  std::vector<detail::DumpedPolicy> policies;
+  NlMsgPtr policy_dump = detail::build_dump(XFRM_MSG_GETPOLICY);
+  if (!policy_dump) return R::failure("dump XFRM policies: out of memory", ENOMEM);
+  dumped = impl_->channel.dump(std::move(policy_dump), [&policies](const nlmsghdr* message) -> Result<Unit> {
+    auto policy = detail::read_dumped_policy(message);
+    if (!policy) return Result<Unit>::failure(policy.error(), policy.error_number());
+    const auto& reqids = policy->reqids;
+    // Socket policies (the IKE sockets' bypass) have directions past FWD.
+    if (policy->direction < XFRM_POLICY_MAX &&
+        std::any_of(reqids.begin(), reqids.end(), [](std::uint32_t reqid) { return is_agent_reqid(reqid); }))
+      policies.push_back(std::move(policy.value()));
+    return done();
+  });
+  if (!dumped) return R::failure("dump XFRM policies: " + dumped.error(), dumped.error_number());
+
+  // Policies first, so no traffic meets a policy whose SAs are gone.
+  const std::size_t count = policies.size() + sas.size();
+  auto outcomes = impl_->channel.exchange(count, [&](std::size_t index) -> Result<NlMsgPtr> {
+    NlMsgPtr request =
+        index < policies.size()
+            ? detail::build_delete_policy_by_index(policies[index].index, policies[index].direction)
+            : detail::build_sa_id(XFRM_MSG_DELSA, sas[index - policies.size()].destination,
+                                  sas[index - policies.size()].spi);
+    if (!request) return Result<NlMsgPtr>::failure("cannot build a deletion (out of memory)", ENOMEM);
+    return Result<NlMsgPtr>::success(std::move(request));
+  });
+  if (!outcomes) return R::failure("remove leftover XFRM state: " + outcomes.error(), outcomes.error_number());
+  Leftovers removed;
+  for (std::size_t index = 0; index < count; ++index) {
+    const Outcome& outcome = outcomes.value()[index];
+    if (outcome.error_number == ENOENT) continue;  // gone meanwhile (a hard expiry)
+    if (outcome.error_number) {
+      const bool policy = index < policies.size();
+      const std::string what = policy ? "delete leftover policy index " + std::to_string(policies[index].index)
+                                      : detail::describe_sa("delete leftover", sas[index - policies.size()].spi,
+                                                            nullptr, sas[index - policies.size()].destination);
+      return R::failure(outcome_failure(outcome, what, policy ? Subject::Policy : Subject::Sa, 0),
+                        outcome.error_number);
+    }
+    ++(index < policies.size() ? removed.policies : removed.sas);
+  }
+  return R::success(removed);
 }
 
 // ---- XfrmEvents -------------------------------------------------------------

@@ -23,6 +23,14 @@ using ikev2::TrafficSelector;
 
 struct Unit {};  // Result<Unit>: success without a value
 
+// The reqids the agent gives its SAs and policies. They mark what is the
+// agent's in the kernel: what an earlier run left there (killed, or crashed)
+// is found by them and removed at start, while other IKE daemons' state
+// (strongSwan and libreswan number from 1 and 16384) is left alone.
+constexpr std::uint32_t kAgentReqidFirst = 0x74700001;
+constexpr std::uint32_t kAgentReqidLast = 0x747fffff;
+constexpr bool is_agent_reqid(std::uint32_t reqid) { return reqid >= kAgentReqidFirst && reqid <= kAgentReqidLast; }
+
 enum class Mode { Transport, Tunnel };
 enum class Direction { In, Out, Forward };
 
@@ -73,6 +81,10 @@ struct PolicySpec {
   bool optional_template = false;  // "level use": inbound policies for packets that may arrive in clear
 };
 
+struct Leftovers {  // what remove_leftovers() found and removed
+  std::size_t sas = 0, policies = 0;
+};
+
 struct SaCounters {
   std::uint64_t bytes = 0, packets = 0;
   std::uint64_t replay_dropped = 0, integrity_failed = 0;
@@ -104,6 +116,12 @@ class XfrmSocket {
   // Sends many requests before reading any acknowledgement (fast bulk
   // install); the result reports the first failure, if any.
   Result<Unit> add_sas(std::vector<SaSpec> specs);
+
+  // Removes the ESP SAs and the policies of this network namespace that
+  // carry an agent reqid: what an agent that died without cleaning up left.
+  // Call it only while holding the IKE port, which makes this agent the one
+  // of its namespace.
+  Result<Leftovers> remove_leftovers();
 
  private:
   struct Impl;

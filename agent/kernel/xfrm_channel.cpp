@@ -104,24 +104,10 @@ Result<std::vector<Outcome>> XfrmChannel::exchange(std::size_t count, const Buil
     return Result<Unit>::success({});
   };
 
-  auto receive = [&]() -> Result<Unit> {
-    const ssize_t length = ::recv(fd, received.data(), received.size(), MSG_TRUNC);
-    if (length < 0) {
-      const int error_number = errno;
-      if (error_number == EAGAIN || error_number == EWOULDBLOCK) {
-        return Result<Unit>::failure("no XFRM netlink acknowledgement within " +
-                                         std::to_string(kAcknowledgementTimeoutSeconds) + " s",
-                                     ETIMEDOUT);
-      }
-      if (error_number == EINTR) return Result<Unit>::success({});
-      return Result<Unit>::failure(
-          explain_failure("receive XFRM netlink acknowledgements", Subject::Query, error_number, {}), error_number);
-    }
-    if (static_cast<std::size_t>(length) > received.size()) {
-      OPENSSL_cleanse(received.data(), received.size());
-      return Result<Unit>::failure("XFRM netlink answer larger than " + std::to_string(received.size()) + " bytes",
-                                   EMSGSIZE);
-    }
+  auto receive_acknowledgements = [&]() -> Result<Unit> {
+    auto received_length = receive("receive XFRM netlink acknowledgements");
+    if (!received_length) return Result<Unit>::failure(received_length.error(), received_length.error_number());
+    const std::size_t length = received_length.value();
     int remaining = static_cast<int>(length);
     for (auto* header = reinterpret_cast<nlmsghdr*>(received.data()); NLMSG_OK(header, remaining);
          header = NLMSG_NEXT(header, remaining)) {
@@ -144,7 +130,7 @@ Result<std::vector<Outcome>> XfrmChannel::exchange(std::size_t count, const Buil
 
   auto wait_until = [&](std::size_t limit) -> Result<Unit> {
     while (outstanding > limit) {
-      if (auto status = receive(); !status) return status;
+      if (auto status = receive_acknowledgements(); !status) return status;
     }
     return Result<Unit>::success({});
   };
@@ -183,6 +169,68 @@ Result<std::vector<Outcome>> XfrmChannel::exchange(std::size_t count, const Buil
   if (auto status = flush(); !status) return R::failure(status.error(), status.error_number());
   if (auto status = wait_until(0); !status) return R::failure(status.error(), status.error_number());
   return R::success(std::move(outcomes));
+}
+
+Result<std::size_t> XfrmChannel::receive(const char* what) {
+  using R = Result<std::size_t>;
+  const ssize_t length = ::recv(nl_socket_get_fd(socket_.get()), received_.data(), received_.size(), MSG_TRUNC);
+  if (length < 0) {
+    const int error_number = errno;
+    if (error_number == EAGAIN || error_number == EWOULDBLOCK) {
+      return R::failure(std::string(what) + ": no answer within " + std::to_string(kAcknowledgementTimeoutSeconds) +
+                            " s",
+                        ETIMEDOUT);
+    }
+    if (error_number == EINTR) return R::success(0);
+    return R::failure(explain_failure(what, Subject::Query, error_number, {}), error_number);
+  }
+  if (static_cast<std::size_t>(length) > received_.size()) {
+    OPENSSL_cleanse(received_.data(), received_.size());
+    return R::failure(std::string(what) + ": answer larger than " + std::to_string(received_.size()) + " bytes",
+                      EMSGSIZE);
+  }
+  return R::success(static_cast<std::size_t>(length));
+}
+
+Result<Unit> XfrmChannel::dump(NlMsgPtr request, const Visitor& each) {
+  using R = Result<Unit>;
+  nlmsghdr* header = nlmsg_hdr(request.get());
+  const std::uint32_t sequence = next_sequence_++;
+  header->nlmsg_seq = sequence;
+  header->nlmsg_pid = 0;
+  header->nlmsg_flags |= NLM_F_REQUEST | NLM_F_DUMP;
+  if (::send(nl_socket_get_fd(socket_.get()), header, header->nlmsg_len, 0) < 0) {
+    const int error_number = errno;
+    return R::failure("send XFRM netlink dump request: " + describe_errno(error_number), error_number);
+  }
+  R first_failure = R::success({});
+  for (bool done = false; !done;) {
+    auto received_length = receive("receive XFRM netlink dump");
+    if (!received_length) return R::failure(received_length.error(), received_length.error_number());
+    int remaining = static_cast<int>(received_length.value());
+    for (auto* answer = reinterpret_cast<nlmsghdr*>(received_.data()); NLMSG_OK(answer, remaining);
+         answer = NLMSG_NEXT(answer, remaining)) {
+      if (answer->nlmsg_seq != sequence) continue;  // a stale answer to an earlier request
+      if (answer->nlmsg_type == NLMSG_DONE) {
+        done = true;
+        break;
+      }
+      if (answer->nlmsg_type == NLMSG_ERROR) {
+        Acknowledgement acknowledgement = read_acknowledgement(answer);
+        if (acknowledgement.error_number) {
+          OPENSSL_cleanse(received_.data(), received_.size());
+          return R::failure(explain_failure("XFRM netlink dump", Subject::Query, acknowledgement.error_number,
+                                            acknowledgement.kernel_message),
+                            acknowledgement.error_number);
+        }
+        continue;
+      }
+      if (auto visited = each(answer); !visited && first_failure) first_failure = std::move(visited);
+    }
+    // SA dumps carry keys.
+    OPENSSL_cleanse(received_.data(), received_length.value());
+  }
+  return first_failure;
 }
 
 Result<Outcome> XfrmChannel::exchange_one(NlMsgPtr request) {

@@ -43,9 +43,16 @@ class XfrmChannel {
   Result<std::vector<Outcome>> exchange(std::size_t count, const Builder& build);
   // One request.
   Result<Outcome> exchange_one(NlMsgPtr request);
+  // A dump request: each answer message goes to each() (and is wiped after),
+  // until the kernel's NLMSG_DONE. The first failure of each() is returned
+  // once the dump is drained.
+  using Visitor = std::function<Result<Unit>(const nlmsghdr* message)>;
+  Result<Unit> dump(NlMsgPtr request, const Visitor& each);
 
  private:
   explicit XfrmChannel(NlSockPtr socket);
+  // One recv into received_: its length, 0 when interrupted.
+  Result<std::size_t> receive(const char* what);
   NlSockPtr socket_;
   // Reused across exchanges; each is cleared after every use.
   WipedBytes batch_, received_;

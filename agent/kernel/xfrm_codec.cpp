@@ -673,6 +673,60 @@ Result<NlMsgPtr> build_moved_sa(const nlmsghdr* current, const IpAddress& new_so
   return R::success(std::move(message));
 }
 
+NlMsgPtr build_dump(std::uint16_t type) { return new_message(type, 0, NLM_F_DUMP); }
+
+NlMsgPtr build_delete_policy_by_index(std::uint32_t index, std::uint8_t kernel_direction) {
+  xfrm_userpolicy_id id{};
+  id.index = index;
+  id.dir = kernel_direction;
+  NlMsgPtr message = new_message(XFRM_MSG_DELPOLICY, sizeof id);
+  if (message && nlmsg_append(message.get(), &id, sizeof id, NLMSG_ALIGNTO) < 0) message.reset();
+  return message;
+}
+
+Result<std::optional<DumpedSa>> read_dumped_sa(const nlmsghdr* message) {
+  using R = Result<std::optional<DumpedSa>>;
+  if (!payload_fits<xfrm_usersa_info>(message) || message->nlmsg_type != XFRM_MSG_NEWSA) {
+    return R::failure("unexpected message in an SA dump", EPROTO);
+  }
+  xfrm_usersa_info info;
+  std::memcpy(&info, NLMSG_DATA(message), sizeof info);
+  if (info.id.proto != IPPROTO_ESP) return R::success(std::nullopt);
+  if (!valid_family(info.family)) return R::failure("SA dump: address family " + std::to_string(info.family), EPROTO);
+  DumpedSa sa;
+  sa.destination = from_xfrm_address(info.id.daddr, info.family);
+  sa.spi = ntohl(info.id.spi);
+  sa.reqid = info.reqid;
+  OPENSSL_cleanse(&info, sizeof info);
+  return R::success(sa);
+}
+
+Result<DumpedPolicy> read_dumped_policy(const nlmsghdr* message) {
+  using R = Result<DumpedPolicy>;
+  if (!payload_fits<xfrm_userpolicy_info>(message) || message->nlmsg_type != XFRM_MSG_NEWPOLICY) {
+    return R::failure("unexpected message in a policy dump", EPROTO);
+  }
+  xfrm_userpolicy_info info;
+  std::memcpy(&info, NLMSG_DATA(message), sizeof info);
+  DumpedPolicy policy;
+  policy.index = info.index;
+  policy.direction = info.dir;
+  nlattr* attributes[XFRMA_MAX + 1] = {};
+  if (nlmsg_parse(const_cast<nlmsghdr*>(message), sizeof(xfrm_userpolicy_info), attributes, XFRMA_MAX, nullptr) < 0) {
+    return R::failure("policy dump: malformed attributes", EPROTO);
+  }
+  if (const nlattr* templates = attributes[XFRMA_TMPL]) {
+    const auto* bytes = static_cast<const std::uint8_t*>(nla_data(templates));
+    const std::size_t count = static_cast<std::size_t>(nla_len(templates)) / sizeof(xfrm_user_tmpl);
+    for (std::size_t i = 0; i < count; ++i) {
+      xfrm_user_tmpl entry;
+      std::memcpy(&entry, bytes + i * sizeof entry, sizeof entry);
+      policy.reqids.push_back(entry.reqid);
+    }
+  }
+  return R::success(std::move(policy));
+}
+
 Result<SaCounters> read_sa_counters(const nlmsghdr* message) {
   if (!payload_fits<xfrm_usersa_info>(message) || message->nlmsg_type != XFRM_MSG_NEWSA) {
     return Result<SaCounters>::failure("unexpected answer to an SA query", EPROTO);

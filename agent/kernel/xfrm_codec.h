@@ -93,6 +93,25 @@ Result<NlMsgPtr> build_delete_policy(const TrafficSelector& source, const Traffi
 Result<NlMsgPtr> build_moved_sa(const nlmsghdr* current, const IpAddress& new_source,
                                 const IpAddress& new_destination, const std::optional<Encapsulation>& encapsulation);
 
+// Dumps (XFRM_MSG_GETSA / XFRM_MSG_GETPOLICY with NLM_F_DUMP), and removing
+// a policy by the index the kernel gave it.
+NlMsgPtr build_dump(std::uint16_t type);
+NlMsgPtr build_delete_policy_by_index(std::uint32_t index, std::uint8_t kernel_direction);
+
+struct DumpedSa {
+  IpAddress destination;
+  std::uint32_t spi = 0;  // host byte order
+  std::uint32_t reqid = 0;
+};
+struct DumpedPolicy {
+  std::uint32_t index = 0;
+  std::uint8_t direction = 0;        // the kernel's XFRM_POLICY_IN / OUT / FWD
+  std::vector<std::uint32_t> reqids;  // of its templates
+};
+// nullopt: an SA of another protocol than ESP.
+Result<std::optional<DumpedSa>> read_dumped_sa(const nlmsghdr* message);
+Result<DumpedPolicy> read_dumped_policy(const nlmsghdr* message);
+
 // Answers and events.
 Result<SaCounters> read_sa_counters(const nlmsghdr* message);
 Result<std::uint32_t> read_sa_spi(const nlmsghdr* message);

@@ -158,7 +158,14 @@ struct IkeService::Impl : ikev2::ConfigSelector {
   std::vector<std::string> tunnel_order;  // as the policy lists them
   std::map<ikev2::IkeSaId, SaRecord> sas;
   std::map<std::uint64_t, std::pair<ikev2::IkeSaId, ikev2::ChildSaId>> by_association;  // child 0 = the IKE SA
-  std::uint32_t next_reqid = 1;
+  std::uint32_t next_reqid = kernel::xfrm::kAgentReqidFirst;
+
+  // Reqids stay in the agent's range (kernel/xfrm.h), which marks its state.
+  std::uint32_t allocate_reqid() {
+    const std::uint32_t reqid = next_reqid;
+    next_reqid = reqid == kernel::xfrm::kAgentReqidLast ? kernel::xfrm::kAgentReqidFirst : reqid + 1;
+    return reqid;
+  }
 
   Impl(core::Reactor& r, core::Resolver& n, IkeOptions o, kernel::KernelCapabilities c, IdAllocator ids)
       : reactor(r),
@@ -314,7 +321,7 @@ struct IkeService::Impl : ikev2::ConfigSelector {
       child.created_at = wall_usec();
       by_association[child.association_id] = {e.ike_sa, e.child};
       auto tunnel = tunnels.find(e.config_name);
-      child.reqid = tunnel != tunnels.end() && tunnel->second.trap_reqid ? tunnel->second.trap_reqid : next_reqid++;
+      child.reqid = tunnel != tunnels.end() && tunnel->second.trap_reqid ? tunnel->second.trap_reqid : allocate_reqid();
     }
     std::string failure = install(e, child.reqid, /*policies=*/is_new);
     // Keys stay in the kernel only.
@@ -551,7 +558,7 @@ struct IkeService::Impl : ikev2::ConfigSelector {
   // kernel send ACQUIRE, which starts the tunnel.
   void install_trap(TunnelEntry& entry) {
     if (!kernel || !entry.config || entry.tunnel.start != "trap") return;
-    if (!entry.trap_reqid) entry.trap_reqid = next_reqid++;
+    if (!entry.trap_reqid) entry.trap_reqid = allocate_reqid();
     const auto& child = entry.config->children.front();
     entry.trap_selectors.clear();
     if (child.mode == ikev2::Mode::Transport) {
@@ -806,6 +813,16 @@ bool IkeService::start(std::string* error) {
     return false;
   }
   s.started = true;
+  // Holding the IKE port makes this agent the one of its network namespace:
+  // what a previous run left (it was killed or crashed) is its to remove.
+  if (s.kernel) {
+    if (auto removed = s.kernel->remove_leftovers(); !removed) {
+      core::log::warning("cannot remove what an earlier run left in the kernel", {{"error", removed.error()}});
+    } else if (removed->sas || removed->policies) {
+      core::log::notice("removed what an earlier run left in the kernel",
+                        {{"sas", std::to_string(removed->sas)}, {"policies", std::to_string(removed->policies)}});
+    }
+  }
   core::log::info("IKE listening", {{"port", std::to_string(s.options.ike_port)},
                                     {"nat_t_port", std::to_string(s.options.nat_t_port)},
                                     {"esp", s.capabilities.esp ? "yes" : "no"}});

@@ -3,7 +3,7 @@
 // WireGuard (agent/kernel/netlink_ack.h). The input is one datagram from the
 // XFRM socket; each message in it goes where the channel and the event socket
 // send it: acknowledgements to read_acknowledgement, everything else to the SA
-// query, SPI allocation, event and MOBIKE move readers. Refusals are fine;
+// query, SPI allocation, dump, event and MOBIKE move readers. Refusals are fine;
 // memory errors are not, and neither is a moved SA that its own reader
 // refuses.
 #include <linux/xfrm.h>
@@ -25,6 +25,8 @@ using tapsec::ikev2::IpAddress;
 void read_answer(const nlmsghdr* header) {
   (void)detail::read_sa_counters(header);
   (void)detail::read_sa_spi(header);
+  (void)detail::read_dumped_sa(header);
+  if (auto policy = detail::read_dumped_policy(header); policy && policy->reqids.size() > header->nlmsg_len) abort();
   if (auto event = detail::read_event(header); !event && event.error().empty()) abort();
 
   static const IpAddress v4_source = *IpAddress::parse("192.0.2.10"), v4_destination = *IpAddress::parse("192.0.2.20");

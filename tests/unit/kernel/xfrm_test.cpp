@@ -326,6 +326,51 @@ TEST(XfrmCodec, ReadsExpireAndMappingAndSkipsOthers) {
   EXPECT_FALSE(detail::read_event(nlmsg_hdr(truncated.get())));
 }
 
+TEST(XfrmCodec, ReadsDumpedSasAndPoliciesWithTheirReqids) {
+  NlMsgPtr sa_message(nlmsg_alloc_simple(XFRM_MSG_NEWSA, 0));
+  xfrm_usersa_info info{};
+  info.id.daddr = detail::to_xfrm_address(address("2001:db8::2"));
+  info.id.spi = htonl(0xc0000007);
+  info.id.proto = IPPROTO_ESP;
+  info.family = AF_INET6;
+  info.reqid = kAgentReqidFirst;
+  ASSERT_EQ(nlmsg_append(sa_message.get(), &info, sizeof info, NLMSG_ALIGNTO), 0);
+  auto sa = detail::read_dumped_sa(nlmsg_hdr(sa_message.get()));
+  ASSERT_TRUE(sa && sa.value()) << sa.error();
+  EXPECT_EQ(sa.value()->destination.to_string(), "2001:db8::2");
+  EXPECT_EQ(sa.value()->spi, 0xc0000007u);
+  EXPECT_EQ(sa.value()->reqid, kAgentReqidFirst);
+
+  NlMsgPtr ah_message(nlmsg_alloc_simple(XFRM_MSG_NEWSA, 0));
+  info.id.proto = IPPROTO_AH;
+  ASSERT_EQ(nlmsg_append(ah_message.get(), &info, sizeof info, NLMSG_ALIGNTO), 0);
+  sa = detail::read_dumped_sa(nlmsg_hdr(ah_message.get()));
+  ASSERT_TRUE(sa) << sa.error();
+  EXPECT_FALSE(sa.value()) << "only ESP SAs are the agent's";
+
+  NlMsgPtr policy_message(nlmsg_alloc_simple(XFRM_MSG_NEWPOLICY, 0));
+  xfrm_userpolicy_info policy{};
+  policy.index = 0x1234;
+  policy.dir = XFRM_POLICY_FWD;
+  ASSERT_EQ(nlmsg_append(policy_message.get(), &policy, sizeof policy, NLMSG_ALIGNTO), 0);
+  std::array<xfrm_user_tmpl, 2> templates{};
+  templates[0].reqid = 3;
+  templates[1].reqid = kAgentReqidLast;
+  ASSERT_EQ(nla_put(policy_message.get(), XFRMA_TMPL, sizeof templates, templates.data()), 0);
+  auto dumped = detail::read_dumped_policy(nlmsg_hdr(policy_message.get()));
+  ASSERT_TRUE(dumped) << dumped.error();
+  EXPECT_EQ(dumped->index, 0x1234u);
+  EXPECT_EQ(dumped->direction, XFRM_POLICY_FWD);
+  EXPECT_EQ(dumped->reqids, (std::vector<std::uint32_t>{3, kAgentReqidLast}));
+
+  NlMsgPtr truncated(nlmsg_alloc_simple(XFRM_MSG_NEWPOLICY, 0));
+  EXPECT_FALSE(detail::read_dumped_policy(nlmsg_hdr(truncated.get())));
+  EXPECT_FALSE(detail::read_dumped_sa(nlmsg_hdr(policy_message.get()))) << "a policy is not an SA";
+  EXPECT_FALSE(is_agent_reqid(0));
+  EXPECT_FALSE(is_agent_reqid(kAgentReqidFirst - 1));
+  EXPECT_FALSE(is_agent_reqid(kAgentReqidLast + 1));
+}
+
 TEST(XfrmCodec, MovedSaKeepsKeysAndReplayStateAndTakesNewAddresses) {
   SaSpec spec = gcm_spec();
   spec.mode = Mode::Transport;
@@ -577,6 +622,65 @@ TEST_F(XfrmKernel, MissingSaIsNamed) {
   ASSERT_FALSE(gone);
   EXPECT_NE(gone.error().find("delete SA esp spi 0xc0000001 to 192.0.2.9: no such SA"), std::string::npos)
       << gone.error();
+}
+
+TEST_F(XfrmKernel, RemovesWhatAnEarlierAgentLeftAndNothingElse) {
+  const IpAddress peer = address("192.0.2.2"), local = address("192.0.2.1");
+  // An earlier agent's: a tunnel's policies in both directions, enough more
+  // that the dump spans several reads, and SAs (larval ones where the
+  // kernel has no ESP).
+  PolicySpec out = tunnel_policy();
+  out.reqid = kAgentReqidFirst + 7;
+  PolicySpec in = out;
+  std::swap(in.source, in.destination);
+  std::swap(in.template_source, in.template_destination);
+  in.direction = Direction::In;
+  ASSERT_TRUE(socket_->add_policy(out));
+  ASSERT_TRUE(socket_->add_policy(in));
+  constexpr int kMore = 400;
+  for (int index = 0; index < kMore; ++index) {
+    PolicySpec more = out;
+    more.source = selector(("10.8." + std::to_string(index / 200) + "." + std::to_string(index % 200)).c_str());
+    more.reqid = kAgentReqidLast - static_cast<std::uint32_t>(index);
+    ASSERT_TRUE(socket_->add_policy(more)) << index;
+  }
+  auto agent_spi = socket_->allocate_spi(peer, local, kAgentReqidFirst + 7);
+  ASSERT_TRUE(agent_spi) << agent_spi.error();
+  std::size_t agent_sas = 1;
+  if (kernel_has_esp()) {
+    SaSpec full = cbc_spec(0x3000);
+    full.reqid = kAgentReqidFirst;
+    ASSERT_TRUE(socket_->add_sa(full));
+    ++agent_sas;
+  }
+  // Another IKE daemon's, which must stay.
+  PolicySpec other = tunnel_policy();
+  other.source = selector("10.5.0.0/24");
+  other.reqid = 42;
+  ASSERT_TRUE(socket_->add_policy(other));
+  auto other_spi = socket_->allocate_spi(peer, local, 42);
+  ASSERT_TRUE(other_spi) << other_spi.error();
+
+  auto removed = socket_->remove_leftovers();
+  ASSERT_TRUE(removed) << removed.error();
+  EXPECT_EQ(removed->policies, 2u + kMore);
+  EXPECT_EQ(removed->sas, agent_sas);
+  const std::string policies = run("ip xfrm policy");
+  EXPECT_NE(policies.find("src 10.5.0.0/24"), std::string::npos) << policies;
+  EXPECT_EQ(policies.find("src 10.0.0.0/24"), std::string::npos) << policies;
+  EXPECT_EQ(policies.find("src 10.1.0.0/16"), std::string::npos) << policies;
+  EXPECT_EQ(policies.find("10.8."), std::string::npos) << policies;
+  char spi_text[16];
+  const std::string states = run("ip xfrm state");
+  std::snprintf(spi_text, sizeof spi_text, "0x%08x", other_spi.value());
+  EXPECT_NE(states.find(spi_text), std::string::npos) << states;
+  std::snprintf(spi_text, sizeof spi_text, "0x%08x", agent_spi.value());
+  EXPECT_EQ(states.find(spi_text), std::string::npos) << states;
+  EXPECT_EQ(states.find("0x00003000"), std::string::npos) << states;
+
+  auto again = socket_->remove_leftovers();
+  ASSERT_TRUE(again) << again.error();
+  EXPECT_EQ(again->policies + again->sas, 0u);
 }
 
 TEST_F(XfrmKernel, PipelinedAddMatchesEveryAcknowledgement) {
