@@ -8,11 +8,17 @@
 #   - alice (group tapsec) gets TLS with kTLS through tapsec-exec against
 #     openssl s_server, under the shipped default policy and the system
 #     trust store, over the system bus;
+#   - a program compiled against libtapsec-dev (run.sh built it in the
+#     installed root) gets the same, as alice;
 #   - mallory (not in the group) is denied, before any connection;
 #   - systemctl reload takes a policy change (a rule for mallory);
-#   - kill -9 of the agent: systemd restarts it, and it serves again;
+#   - an IKEv2 tunnel to Debian's strongSwan in a second network namespace
+#     (so UDP port 500 works under the unit), from a tunnel the reloaded
+#     policy starts (Start=boot), traffic through it;
+#   - kill -9 of the agent: systemd restarts it, it serves again, removes
+#     the SAs and policies the killed one left and brings the tunnel back;
 #   - systemctl stop leaves no tapsec process, SA, policy or link behind;
-#   - apt purge removes what the package made.
+#   - apt purge removes what the packages made.
 name=packaging
 exec >/dev/console 2>&1
 echo "TAPSEC-VM-BEGIN scenario=$name"
@@ -66,6 +72,12 @@ grep -q 'reply=degakcap' /tmp/alice.out || fail "alice: no reply through the con
 grep -q 'Offload=kernel' /tmp/alice.out || fail "alice: the keys are not in the kernel: $(cat /tmp/alice.out)"
 echo "alice: $(grep -o 'Version=.*' /tmp/alice.out)"
 
+# The same through a program built against libtapsec-dev.
+runuser -u alice -- tapsec-dev-client 127.0.0.1 4433 server.test >/tmp/dev-client.out 2>&1 ||
+  fail "alice: tapsec-dev-client failed: $(cat /tmp/dev-client.out)"
+grep -q 'reply=egakcapved' /tmp/dev-client.out || fail "tapsec-dev-client: no reply: $(cat /tmp/dev-client.out)"
+echo "libtapsec-dev: $(cat /tmp/dev-client.out)"
+
 # 3. Someone outside the group: denied by policy, no connection made.
 secure_as mallory && fail "mallory was given a connection: $(cat /tmp/mallory.out)"
 grep -q PolicyDenied /tmp/mallory.out || fail "mallory: not a policy denial: $(cat /tmp/mallory.out)"
@@ -88,17 +100,78 @@ secure_as mallory || fail "mallory after the reload: $(cat /tmp/mallory.out)"
 grep -q 'reply=degakcap' /tmp/mallory.out || fail "mallory: no reply after the reload: $(cat /tmp/mallory.out)"
 echo "reload: mallory allowed by the new rule, same agent (pid $pid)"
 
-# 5. The agent killed: systemd brings it back, and it serves.
+# 5. An IKEv2 tunnel to strongSwan in the namespace "peer": 192.0.2.1 here,
+# 192.0.2.2 there, tunnelling 10.1.0.0/24 <-> 10.2.0.0/24. run.sh wrote the
+# peer's configuration and the PSK file; the tunnel comes with a reload.
+ip netns add peer || fail "ip netns add peer"
+ip link add ike-out type veth peer name ike-in && ip link set ike-in netns peer || fail "veth pair"
+ip addr add 192.0.2.1/24 dev ike-out && ip link set ike-out up && ip addr add 10.1.0.1/32 dev lo || fail "guest addresses"
+ip -n peer link set lo up && ip -n peer addr add 192.0.2.2/24 dev ike-in && ip -n peer link set ike-in up &&
+  ip -n peer addr add 10.2.0.1/32 dev lo || fail "peer addresses"
+ip route add 10.2.0.0/24 dev ike-out src 10.1.0.1 && ip -n peer route add 10.1.0.0/24 dev ike-in src 10.2.0.1 ||
+  fail "routes"
+systemctl start strongswan.service || fail "strongswan.service: $(systemctl status strongswan --no-pager)"
+cat >/etc/tapsec/policy.d/40-peer.policy <<'POLICY'
+[PSK peer]
+KeyFile=/etc/tapsec/private/peer.psk
+
+[Tunnel]
+Name=to-peer
+Protocol=ikev2
+Peer=192.0.2.2
+LocalId=guest.example
+RemoteId=peer.example
+Auth=psk
+PSK=peer
+LocalTS=10.1.0.0/24
+RemoteTS=10.2.0.0/24
+Mode=tunnel
+IKEProposals=aes256gcm16-prfsha384-x25519
+ESPProposals=aes256gcm16
+Start=boot
+
+[Rule to-peer]
+MatchTunnel=to-peer
+Protocols=ikev2
+PSKs=peer
+Action=allow
+POLICY
+chmod 0644 /etc/tapsec/policy.d/40-peer.policy
+reloads=$(journalctl -u tapsecd -o cat | grep -c "policy reloaded")
+systemctl reload tapsecd || fail "systemctl reload tapsecd (tunnel) failed"
+wait_until 10 bash -c '(($(journalctl -u tapsecd -o cat | grep -c "policy reloaded") > '"$reloads"'))' ||
+  fail "the tunnel's policy was not reloaded"
+# Up: the tunnel's two ESP SAs and its policies are in the kernel; traffic
+# crosses when a ping is answered and the SAs' byte counters moved (a route
+# alone would carry it in clear).
+tunnel_up() { (($(ip xfrm state | grep -c 'mode tunnel') == 2 && $(ip xfrm policy | grep -c '^src') >= 3)); }
+esp_bytes() { ip -s xfrm state | awk '/\(bytes\)/ { sub(/\(bytes\),?/, "", $1); total += $1 } END { print total + 0 }'; }
+through_tunnel() {
+  local before
+  before=$(esp_bytes)
+  ping -q -c 1 -W 2 -I 10.1.0.1 10.2.0.1 >/dev/null 2>&1 && (($(esp_bytes) > before))
+}
+wait_until 40 tunnel_up || fail "the tunnel did not come up: $(ip xfrm state; ip xfrm policy; swanctl --list-sas 2>/dev/null)"
+wait_until 10 through_tunnel || fail "no traffic through the tunnel: $(ip -s xfrm state)"
+swanctl --list-sas 2>/dev/null | grep -q 'from-guest.*ESTABLISHED' || fail "strongSwan has no IKE SA: $(swanctl --list-sas 2>/dev/null)"
+echo "IKEv2: tunnel to strongSwan up on UDP 500 under the unit, ping crosses through ESP ($(esp_bytes) bytes)"
+
+# 6. The agent killed: systemd brings it back, it serves, and the tunnel
+# returns with no SA or policy of the killed agent left behind.
 kill -9 "$pid"
 wait_until 30 bash -c '[[ $(systemctl show -p MainPID --value tapsecd) != '"$pid"' ]] && systemctl is-active -q tapsecd' ||
   fail "tapsecd did not come back after kill -9: $(systemctl status tapsecd --no-pager)"
 [[ $(systemctl show -p NRestarts --value tapsecd) == 1 ]] || fail "NRestarts is $(systemctl show -p NRestarts --value tapsecd)"
 wait_until 10 tapsecctl status >/dev/null 2>&1 || fail "the restarted agent does not answer"
 secure_as alice || fail "alice after the restart: $(cat /tmp/alice.out)"
-echo "kill -9: restarted (pid $(main_pid)), serving"
+left=$(journalctl -u tapsecd -o cat | grep -m1 "removed what an earlier run left") ||
+  fail "the restarted agent did not remove what the killed one left: $(ip xfrm state; ip xfrm policy)"
+wait_until 40 tunnel_up || fail "the tunnel did not come back: $(ip xfrm state; ip xfrm policy)"
+wait_until 10 through_tunnel || fail "no traffic through the tunnel after the restart: $(ip -s xfrm state)"
+echo "kill -9: restarted (pid $(main_pid)), serving; $left; tunnel back (2 ESP SAs, none of the killed agent's), traffic crosses"
 kill "$server" 2>/dev/null
 
-# 6. Stopped: nothing of it left in the kernel.
+# 7. Stopped: nothing of it left in the kernel.
 systemctl stop tapsecd || fail "systemctl stop failed"
 pgrep -x tapsecd >/dev/null && fail "a tapsecd process is left"
 [[ -z $(ip xfrm state) ]] || fail "XFRM states are left: $(ip xfrm state)"
@@ -106,17 +179,18 @@ pgrep -x tapsecd >/dev/null && fail "a tapsecd process is left"
 [[ -z $(ip -o link show type wireguard) ]] || fail "WireGuard links are left: $(ip -o link show type wireguard)"
 echo "stopped: no process, SA, policy or link left"
 
-# 7. Purged: what the package made is gone (the administrator's policy stays).
-DEBIAN_FRONTEND=noninteractive apt-get purge -y -q tapsec libtapsec0 >/tmp/purge.log 2>&1 ||
+# 8. Purged: what the packages made is gone (the administrator's policy stays).
+DEBIAN_FRONTEND=noninteractive apt-get purge -y -q tapsec libtapsec0 libtapsec-dev >/tmp/purge.log 2>&1 ||
   fail "apt-get purge: $(tail -20 /tmp/purge.log)"
 for path in /usr/sbin/tapsecd /usr/bin/tapsecctl /usr/bin/tapsec-exec /lib/systemd/system/tapsecd.service \
   /usr/share/dbus-1/system.d/org.tapsec1.conf /usr/share/dbus-1/system-services/org.tapsec1.service \
-  /etc/tapsec/policy.d/99-default.policy /etc/tapsec/private /etc/tapsec/wireguard \
+  /etc/tapsec/policy.d/99-default.policy /etc/tapsec/wireguard /usr/include/tapsec \
   /etc/systemd/system/multi-user.target.wants/tapsecd.service; do
   [[ -e $path || -L $path ]] && fail "left after purge: $path"
 done
 [[ -f /etc/tapsec/policy.d/50-mallory.policy ]] || fail "purge removed the administrator's own policy file"
+[[ -f /etc/tapsec/private/peer.psk ]] || fail "purge removed the administrator's PSK file"
 systemctl list-unit-files tapsecd.service --no-legend | grep -q tapsecd && fail "the unit is still known after purge"
-echo "purged: binaries, unit, bus files, default policy and the agent's directories gone; 50-mallory.policy kept"
+echo "purged: binaries, headers, unit, bus files, default policy and the agent's directories gone; the administrator's policy and PSK kept"
 
 finish 0

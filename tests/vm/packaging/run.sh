@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # vm.packaging: tapsec's Debian packages on a freshly booted Debian 12.
 #   run.sh [KERNEL...]     (default: bookworm trixie-bpo)
+#   TAPSEC_PACKAGING_DEBS=DIR run.sh ...   the packages already built in DIR
+#                                          (by packaging/build-debs DIR), to re-run the checks
 #
 # 1. builds the packages from this tree (packaging/build-debs, lintian);
 # 2. bootstraps a minimal Debian 12 root with debootstrap, cached as a
@@ -9,7 +11,10 @@
 # 3. unpacks it for this run, installs the packages with
 #    `apt-get install ./tapsec_*.deb` in it as an administrator would, adds
 #    the users alice (group tapsec) and mallory, a test CA in the system
-#    trust store, and check.sh as a unit that runs once the system is up;
+#    trust store, a strongSwan peer's configuration (its service moved into
+#    the network namespace "peer" that check.sh makes) and the PSK both
+#    sides share, a program compiled against libtapsec-dev as installed in
+#    that root, and check.sh as a unit that runs once the system is up;
 # 4. boots that root with each kernel, systemd as PID 1 (tapsec-vm boot),
 #    and check.sh reports (tests/vm/packaging/check.sh says what it checks).
 set -uo pipefail
@@ -22,7 +27,7 @@ kernels=("$@")
 
 skip() { echo "SKIPPED: $*" >&2; exit 77; }
 [[ $(id -u) -eq 0 ]] || skip "needs root (debootstrap, chroot)"
-for tool in debootstrap dpkg-buildpackage dh lintian zstd qemu-system-x86_64; do
+for tool in debootstrap dpkg-buildpackage dh lintian zstd qemu-system-x86_64 dpkg-scanpackages pkg-config cc; do
   command -v $tool >/dev/null || skip "$tool is not installed (scripts/install-deps)"
 done
 
@@ -41,10 +46,15 @@ fail() { echo "FAIL: $*" >&2; exit 1; }
 step() { echo "== $* ($((SECONDS))s)"; }
 
 # 1. The packages.
-step "building the packages"
-"$source/packaging/build-debs" "$work/debs" >"$work/build.log" 2>&1 ||
-  { tail -n 60 "$work/build.log"; fail "packaging/build-debs failed"; }
-sed -n '/^build-debs: packages/,$p' "$work/build.log"
+if [[ -n ${TAPSEC_PACKAGING_DEBS:-} ]]; then
+  step "the packages in $TAPSEC_PACKAGING_DEBS"
+  mkdir -p "$work/debs" && cp "$TAPSEC_PACKAGING_DEBS"/*.deb "$work/debs/" || fail "no packages in $TAPSEC_PACKAGING_DEBS"
+else
+  step "building the packages"
+  "$source/packaging/build-debs" "$work/debs" >"$work/build.log" 2>&1 ||
+    { tail -n 60 "$work/build.log"; fail "packaging/build-debs failed"; }
+  sed -n '/^build-debs: packages/,$p' "$work/build.log"
+fi
 
 # 2. The base system, cached by what it holds and where it came from.
 mirror=$(awk '$1 == "URIs:" {print $2; exit} $1 == "deb" {print $2; exit}' \
@@ -52,6 +62,8 @@ mirror=$(awk '$1 == "URIs:" {print $2; exit} $1 == "deb" {print $2; exit}' \
 mirror=${TAPSEC_VM_MIRROR:-${mirror:-http://deb.debian.org/debian}}
 include=systemd,systemd-sysv,dbus,iproute2,openssl,kmod,procps,libnl-3-200,libnl-route-3-200,libnl-xfrm-3-200
 include+=,libnl-genl-3-200,liburing2,libssl3
+# The IKEv2 peer: Debian's strongSwan, as its packages install it.
+include+=,charon-systemd,strongswan-swanctl,libstrongswan-standard-plugins,iputils-ping
 key=$(printf '%s %s' "$include" "$mirror" | sha256sum | cut -c1-12)
 base=$cache/bookworm-minbase-$key.tar.zst
 if [[ ! -f $base ]]; then
@@ -70,10 +82,42 @@ mount -t proc proc "$root/proc" && mounted+=("$root/proc")
 mount --bind /dev "$root/dev" && mounted+=("$root/dev")
 cp /etc/resolv.conf "$root/etc/resolv.conf"
 mkdir -p "$root/root/debs"
-cp "$work"/debs/tapsec_*.deb "$work"/debs/libtapsec0_*.deb "$root/root/debs/"
+cp "$work"/debs/tapsec_*.deb "$work"/debs/libtapsec0_*.deb "$work"/debs/libtapsec-dev_*.deb "$root/root/debs/"
 (cd "$root/root/debs" && in_root sh -c 'cd /root/debs && apt-get install -y -q ./tapsec_*.deb ./libtapsec0_*.deb') \
   >"$work/install.log" 2>&1 || { tail -n 40 "$work/install.log"; fail "apt-get install ./tapsec_*.deb failed"; }
 grep -E "^(Setting up|Unpacking) (lib)?tapsec" "$work/install.log"
+
+# libtapsec-dev, with what it depends on from a local repository that holds
+# only libsystemd-dev (its pkg-config file requires libsystemd): a missing
+# Depends shows as a failed install or a failed pkg-config below.
+systemd_version=$(dpkg-query --admindir="$root/var/lib/dpkg" -W -f '${Version}' libsystemd0)
+systemd_dev=$cache/debs/libsystemd-dev_${systemd_version//:/%3a}_amd64.deb
+if [[ ! -f $systemd_dev ]]; then
+  mkdir -p "$cache/debs"
+  (cd "$cache/debs" && apt-get download -q "libsystemd-dev=$systemd_version") >"$work/download.log" 2>&1 ||
+    { cat "$work/download.log"; fail "cannot download libsystemd-dev $systemd_version for the root's libsystemd0"; }
+fi
+mkdir -p "$root/root/localrepo"
+cp "$systemd_dev" "$root/root/localrepo/"
+(cd "$root/root/localrepo" && dpkg-scanpackages --multiversion . >Packages 2>/dev/null) || fail "dpkg-scanpackages"
+echo "deb [trusted=yes] file:/root/localrepo ./" >"$root/root/localrepo.list"
+local_apt=(-o Dir::Etc::SourceList=/root/localrepo.list -o Dir::Etc::SourceParts=/nonexistent)
+in_root apt-get "${local_apt[@]}" update -q >"$work/install-dev.log" 2>&1 &&
+  in_root sh -c "cd /root/debs && apt-get ${local_apt[*]} install -y -q ./libtapsec-dev_*.deb" >>"$work/install-dev.log" 2>&1 ||
+  { tail -n 30 "$work/install-dev.log"; fail "apt-get install ./libtapsec-dev_*.deb failed"; }
+rm -rf "$root/root/localrepo" "$root/root/localrepo.list" "$root"/var/lib/apt/lists/_root_localrepo_*
+grep -E "^Setting up (libtapsec-dev|libsystemd-dev)" "$work/install-dev.log"
+
+step "compiling a program against libtapsec-dev as installed"
+multiarch=$(dpkg-architecture -qDEB_HOST_MULTIARCH)
+# pkg-config of the root only: what the installed package says, nothing of the host's.
+dev_flags=$(PKG_CONFIG_SYSROOT_DIR=$root PKG_CONFIG_LIBDIR=$root/usr/lib/$multiarch/pkgconfig:$root/usr/share/pkgconfig \
+  pkg-config --cflags --libs tapsec 2>&1) || fail "pkg-config tapsec in the installed root: $dev_flags"
+# shellcheck disable=SC2086
+cc -std=c11 -Wall -Wextra -Werror -o "$root/usr/local/bin/tapsec-dev-client" "$here/dev-client.c" $dev_flags \
+  -Wl,--unresolved-symbols=report-all || fail "cannot compile against libtapsec-dev: cc ... $dev_flags"
+echo "compiled tapsec-dev-client with: $dev_flags"
+
 in_root useradd --create-home --groups tapsec alice || fail "useradd alice"
 in_root useradd --create-home mallory || fail "useradd mallory"
 
@@ -83,6 +127,54 @@ pki=$root/root/pki
   fail "cannot make the test certificates"
 cp "$pki/ca.pem" "$root/etc/ssl/certs/tapsec-packaging-ca.pem"
 in_root openssl rehash /etc/ssl/certs || fail "openssl rehash"
+
+# The IKEv2 peer: Debian's strongSwan service, moved into the network
+# namespace check.sh makes (and started by it, not at boot: port 500 of the
+# system's own namespace is tapsecd's), and the PSK both sides share, in
+# /etc/tapsec/private as the agent's user owns it.
+psk=$(openssl rand -hex 32)
+mkdir -p "$root/etc/systemd/system/strongswan.service.d"
+cat >"$root/etc/systemd/system/strongswan.service.d/peer-namespace.conf" <<'UNIT'
+[Service]
+NetworkNamespacePath=/run/netns/peer
+UNIT
+in_root systemctl disable strongswan.service >/dev/null 2>&1 || fail "cannot disable strongswan.service"
+cat >"$root/etc/swanctl/conf.d/from-guest.conf" <<SWANCTL
+connections {
+  from-guest {
+    version = 2
+    local_addrs = 192.0.2.2
+    remote_addrs = 192.0.2.1
+    proposals = aes256gcm16-prfsha384-x25519
+    local {
+      auth = psk
+      id = peer.example
+    }
+    remote {
+      auth = psk
+      id = guest.example
+    }
+    children {
+      from-guest {
+        local_ts = 10.2.0.0/24
+        remote_ts = 10.1.0.0/24
+        esp_proposals = aes256gcm16
+      }
+    }
+  }
+}
+secrets {
+  ike-guest {
+    id-1 = peer.example
+    id-2 = guest.example
+    secret = 0x$psk
+  }
+}
+SWANCTL
+chmod 0600 "$root/etc/swanctl/conf.d/from-guest.conf"
+printf '%s\n' "$psk" >"$root/etc/tapsec/private/peer.psk"
+in_root chown tapsec:tapsec /etc/tapsec/private/peer.psk && chmod 0600 "$root/etc/tapsec/private/peer.psk" ||
+  fail "cannot give the PSK file to tapsec"
 
 # The checks run once the system is up; the serial console is theirs.
 install -m 0755 "$here/check.sh" "$root/usr/local/sbin/tapsec-vm-check"
