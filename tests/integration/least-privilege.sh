@@ -104,7 +104,11 @@ in_agent_netns() { nsenter --net="/proc/$agent/ns/net" "$@"; }
 in_agent_netns openssl s_server -accept 127.0.0.1:4433 -cert "$dir/pki/server.test.pem" -key "$dir/pki/server.test.key" \
   -rev -quiet -naccept 1 >/dev/null 2>"$dir/server.log" &
 server=$!
-sleep 0.5
+# Listening, seen without connecting (the server takes one connection only).
+for _ in $(seq 100); do
+  [[ -n $(in_agent_netns ss -Hltn 'sport = :4433') ]] && break
+  sleep 0.1
+done
 in_agent_netns "$build/dbus/exec/tapsec-exec" --bus "$bus" --connect 127.0.0.1:4433 --server-name server.test -- \
   sh -c 'echo privileged; read reply; echo "$reply" >&2' 2>"$dir/reply" ||
   { kill $server 2>/dev/null; fail "tapsec-exec --connect through the agent failed: $(cat "$dir/reply")"; }

@@ -23,7 +23,7 @@ expected=userspace
 exec_tls beta --listen 192.0.2.2:4433 --identity beta --once -- \
   sh -c 'read name; sleep 1; echo "hello $name"' &
 server=$!
-sleep 0.3
+host_listening beta 4433 || hosts_fail "nothing listens on beta:4433"
 exec_tls alpha --connect 192.0.2.2:4433 --server-name beta.test -- \
   sh -c 'echo alpha; read r; echo "$r" >&2' 2>"$HOSTS_DIR/reply" &
 client=$!
@@ -40,7 +40,7 @@ payload=$HOSTS_DIR/payload
 head -c $((16 << 20)) /dev/urandom >"$payload"
 exec_tls beta --listen 192.0.2.2:4434 --identity beta --once -- cat "$payload" &
 server=$!
-sleep 0.3
+host_listening beta 4434 || hosts_fail "nothing listens on beta:4434"
 # The program's stdout is the socket: the digest goes to stderr.
 got=$(exec_tls alpha --connect 192.0.2.2:4434 --server-name beta.test -- sh -c 'sha256sum >&2' 2>&1 | cut -d' ' -f1)
 wait $server || fail "bulk server failed"
@@ -51,7 +51,7 @@ want=$(sha256sum <"$payload" | cut -d' ' -f1)
 
 exec_tls beta --listen 192.0.2.2:4435 --identity beta --once -- true &
 server=$!
-sleep 0.3
+host_listening beta 4435 || hosts_fail "nothing listens on beta:4435"
 out=$(exec_tls alpha --connect 192.0.2.2:4435 --server-name wrong.test -- true 2>&1) && fail "wrong server name accepted"
 grep -q PeerNotValidated <<<"$out" || fail "expected PeerNotValidated, got: $out"
 wait $server && fail "the server side should have seen the handshake fail"

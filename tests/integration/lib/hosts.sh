@@ -6,6 +6,7 @@
 #   on_host NAME CMD...       runs CMD inside host NAME with TAPSEC_BUS set
 #   host_ctl BUILD NAME ARGS  tapsecctl against host NAME's agent
 #   hosts_fail MESSAGE        fails the test, showing both agents' logs
+#   host_listening NAME PORT  waits (up to 10 s) until a TCP socket listens on PORT in NAME
 #   hosts_down                stops everything and removes the namespaces
 #
 # TAPSECD_ARGS adds options to both agents.
@@ -172,6 +173,15 @@ on_host() {
   local h=$1
   shift
   TAPSEC_BUS="unix:path=$HOSTS_DIR/$h/bus" ip netns exec "${HOSTS_PREFIX}-$h" "$@"
+}
+
+host_listening() {
+  local h=$1 port=$2 _
+  for _ in $(seq 100); do
+    [[ -n $(ip netns exec "${HOSTS_PREFIX}-$h" ss -Hltn "sport = :$port") ]] && return 0
+    sleep 0.1
+  done
+  return 1
 }
 
 hosts_down() {
