@@ -8,8 +8,8 @@
 #   - alice (group tapsec) gets TLS with kTLS through tapsec-exec against
 #     openssl s_server, under the shipped default policy and the system
 #     trust store, over the system bus;
-#   - a program compiled against libtapsec-dev (run.sh built it in the
-#     installed root) gets the same, as alice;
+#   - the example libtapsec-dev ships (run.sh compiled it against the
+#     installed package) gets the same, as alice;
 #   - mallory (not in the group) is denied, before any connection;
 #   - systemctl reload takes a policy change (a rule for mallory);
 #   - an IKEv2 tunnel to Debian's strongSwan in a second network namespace
@@ -72,11 +72,12 @@ grep -q 'reply=degakcap' /tmp/alice.out || fail "alice: no reply through the con
 grep -q 'Offload=kernel' /tmp/alice.out || fail "alice: the keys are not in the kernel: $(cat /tmp/alice.out)"
 echo "alice: $(grep -o 'Version=.*' /tmp/alice.out)"
 
-# The same through a program built against libtapsec-dev.
-runuser -u alice -- tapsec-dev-client 127.0.0.1 4433 server.test >/tmp/dev-client.out 2>&1 ||
-  fail "alice: tapsec-dev-client failed: $(cat /tmp/dev-client.out)"
-grep -q 'reply=egakcapved' /tmp/dev-client.out || fail "tapsec-dev-client: no reply: $(cat /tmp/dev-client.out)"
-echo "libtapsec-dev: $(cat /tmp/dev-client.out)"
+# The same through libtapsec-dev's example, built against the installed package.
+runuser -u alice -- tapsec-tls-client --server-name server.test 127.0.0.1 4433 devpackage >/tmp/tls-client.out 2>&1 ||
+  fail "alice: the libtapsec-dev example failed: $(cat /tmp/tls-client.out)"
+grep -q '^egakcapved' /tmp/tls-client.out || fail "the libtapsec-dev example: no reply: $(cat /tmp/tls-client.out)"
+grep -q 'Offload: kernel' /tmp/tls-client.out || fail "the libtapsec-dev example: not kTLS: $(cat /tmp/tls-client.out)"
+echo "libtapsec-dev example: $(head -n 1 /tmp/tls-client.out), $(grep -m1 -o 'Offload[^,]*' /tmp/tls-client.out)"
 
 # 3. Someone outside the group: denied by policy, no connection made.
 secure_as mallory && fail "mallory was given a connection: $(cat /tmp/mallory.out)"

@@ -13,8 +13,9 @@
 #    the users alice (group tapsec) and mallory, a test CA in the system
 #    trust store, a strongSwan peer's configuration (its service moved into
 #    the network namespace "peer" that check.sh makes) and the PSK both
-#    sides share, a program compiled against libtapsec-dev as installed in
-#    that root, and check.sh as a unit that runs once the system is up;
+#    sides share, the example program libtapsec-dev ships compiled against
+#    the package as installed in that root, and check.sh as a unit that
+#    runs once the system is up;
 # 4. boots that root with each kernel, systemd as PID 1 (tapsec-vm boot),
 #    and check.sh reports (tests/vm/packaging/check.sh says what it checks).
 set -uo pipefail
@@ -114,15 +115,17 @@ in_root apt-get "${local_apt[@]}" update -q >"$work/install-dev.log" 2>&1 &&
 rm -rf "$root/root/localrepo" "$root/root/localrepo.list" "$root"/var/lib/apt/lists/_root_localrepo_*
 grep -E "^Setting up (libtapsec-dev|libsystemd-dev)" "$work/install-dev.log"
 
-step "compiling a program against libtapsec-dev as installed"
+step "compiling the example libtapsec-dev ships, as installed"
 multiarch=$(dpkg-architecture -qDEB_HOST_MULTIARCH)
+example=$root/usr/share/doc/libtapsec-dev/examples/tls-client.c
+[[ -f $example ]] || fail "libtapsec-dev has no examples/tls-client.c"
 # pkg-config of the root only: what the installed package says, nothing of the host's.
 dev_flags=$(PKG_CONFIG_SYSROOT_DIR=$root PKG_CONFIG_LIBDIR=$root/usr/lib/$multiarch/pkgconfig:$root/usr/share/pkgconfig \
   pkg-config --cflags --libs tapsec 2>&1) || fail "pkg-config tapsec in the installed root: $dev_flags"
 # shellcheck disable=SC2086
-cc -std=c11 -Wall -Wextra -Werror -o "$root/usr/local/bin/tapsec-dev-client" "$here/dev-client.c" $dev_flags \
-  -Wl,--unresolved-symbols=report-all || fail "cannot compile against libtapsec-dev: cc ... $dev_flags"
-echo "compiled tapsec-dev-client with: $dev_flags"
+cc -Wall -Wextra -Werror -o "$root/usr/local/bin/tapsec-tls-client" "$example" $dev_flags \
+  -Wl,--unresolved-symbols=report-all || fail "cannot compile $example against libtapsec-dev: cc ... $dev_flags"
+echo "compiled the installed examples/tls-client.c with: $dev_flags"
 
 in_root useradd --create-home --groups tapsec alice || fail "useradd alice"
 in_root useradd --create-home mallory || fail "useradd mallory"
