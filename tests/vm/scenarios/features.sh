@@ -1,5 +1,5 @@
 #!/bin/bash
-# tapsec-vm: timeout=60
+# tapsec-vm: timeout=90
 # The guest kernel provides every offload tapsec installs keys into: the kTLS
 # ULP and its statistics, XFRM ESP with AES-GCM, WireGuard links, and the
 # network namespaces and veth pairs the other scenarios build on.

@@ -1,5 +1,5 @@
 #!/bin/bash
-# tapsec-vm: timeout=120
+# tapsec-vm: timeout=180
 # Deletion both ways: tapsecctl terminate sends an IKE DELETE that charon
 # acts on (no SAs left on either side); then charon terminates a new tunnel
 # and tapsecd ends its associations and removes the kernel state.

@@ -1,5 +1,5 @@
 #!/bin/bash
-# tapsec-vm: timeout=120
+# tapsec-vm: timeout=180
 # Dead peer detection: charon (beta) is killed with SIGKILL, so it sends no
 # DELETE; tapsecd (alpha, DPD=5) notices within a few retransmissions, ends
 # the IKE and ESP associations and removes their SAs and policies.

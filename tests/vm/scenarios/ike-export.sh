@@ -1,5 +1,5 @@
 #!/bin/bash
-# tapsec-vm: timeout=120
+# tapsec-vm: timeout=180
 # SSKE: two agents with Export=yes derive the same keying material from
 # their IKE SA (prf+ of SK_d), another label gives other keys, and a Child
 # SA exports nothing.

@@ -1,5 +1,5 @@
 #!/bin/bash
-# tapsec-vm: timeout=120
+# tapsec-vm: timeout=180
 # tapsecd (alpha) initiates to a charon responder (beta) with certificates:
 # ECDSA P-256 first, then RSA 2048, from one test CA each; each tunnel carries
 # traffic and charon sees alpha.example authenticated by its certificate.

@@ -1,5 +1,5 @@
 #!/bin/bash
-# tapsec-vm: timeout=120
+# tapsec-vm: timeout=180
 # tapsecd (alpha) initiates an IKEv2 tunnel with a pre-shared key to a charon
 # responder (beta): both see the IKE SA and the ESP SA, the SPIs agree, ping
 # crosses 10.1.0.0/24 <-> 10.2.0.0/24 and the kernel's ESP counters move on

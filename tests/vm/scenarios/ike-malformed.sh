@@ -1,5 +1,5 @@
 #!/bin/bash
-# tapsec-vm: timeout=120
+# tapsec-vm: timeout=180
 # Garbage at the agent's IKE ports: truncated headers, wrong versions, huge
 # lengths, bogus payload chains, a non-ESP marker on 4500 and random bytes,
 # sent from beta to alpha's UDP 500 and 4500. tapsecd drops them, stays up,

@@ -1,5 +1,5 @@
 #!/bin/bash
-# tapsec-vm: timeout=120
+# tapsec-vm: timeout=180
 # MOBIKE (RFC 4555): tapsecd (alpha) loses 192.0.2.1 and reaches charon
 # (beta) over a second link as 198.51.100.1; it sends UPDATE_SA_ADDRESSES,
 # both sides move the SAs, and traffic crosses again without a new IKE SA.

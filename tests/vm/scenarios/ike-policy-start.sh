@@ -1,5 +1,5 @@
 #!/bin/bash
-# tapsec-vm: timeout=120
+# tapsec-vm: timeout=180
 # Tunnels the policy starts by itself, towards a charon responder: with
 # Start=boot the tunnel is up as soon as the agent runs; with Start=trap
 # nothing is negotiated until a packet for the tunnel makes the kernel ask

@@ -1,5 +1,5 @@
 #!/bin/bash
-# tapsec-vm: timeout=140
+# tapsec-vm: timeout=200
 # ESP rekeying in both directions under a 20 packets/s ping loses nothing:
 # tapsec starts one (update-keys), then charon (swanctl --rekey); after each
 # the SPIs are new, the key epoch grew and one ESP association is left.

@@ -1,5 +1,5 @@
 #!/bin/bash
-# tapsec-vm: timeout=120
+# tapsec-vm: timeout=180
 # charon (alpha) initiates; tapsecd (beta) responds with a PSK tunnel its
 # policy defines (Start=none: a responder accepts without being brought up).
 # Both sides install, traffic crosses, counters move.

@@ -1,5 +1,5 @@
 #!/bin/bash
-# tapsec-vm: timeout=140
+# tapsec-vm: timeout=200
 # IKE SA rekeying against charon in both directions under a 20 packets/s
 # ping: tapsec starts one (update-keys on the IKE SA), then charon
 # (swanctl --rekey --ike). After each the IKE SPIs are new, the IKE SA's key

@@ -1,5 +1,5 @@
 #!/bin/bash
-# tapsec-vm: timeout=120
+# tapsec-vm: timeout=180
 # The kernel's soft packet limit drives a Child SA rekey against charon: the
 # agent announces KeyExpiring with the packets left before the hard limit,
 # rekeys make-before-break and a ping across it loses nothing.

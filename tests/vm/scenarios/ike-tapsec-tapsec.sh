@@ -1,5 +1,5 @@
 #!/bin/bash
-# tapsec-vm: timeout=120
+# tapsec-vm: timeout=180
 # tapsecd on both hosts, no strongSwan: alpha initiates (PSK, then ECDSA
 # certificates), beta responds; both agents list matching IKE and ESP
 # associations (each one's inbound SPI is the other's outbound), traffic

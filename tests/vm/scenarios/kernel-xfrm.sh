@@ -1,5 +1,5 @@
 #!/bin/bash
-# tapsec-vm: timeout=100
+# tapsec-vm: timeout=150
 # ESP through tapsec's XFRM installer on a real kernel: xfrm-selftest builds
 # two network namespaces joined by veth, installs a matching SA pair and
 # policies in each (AES-GCM-128/256, ChaCha20-Poly1305, AES-CBC-256 +
